@@ -1,0 +1,80 @@
+"""Kernel backend switch: readable NumPy (`reference`) or Numba (`fast`).
+
+Both modules define the same functions with the same signatures; layers call
+them through this module, so one switch changes every kernel at once:
+
+* the environment variable ``REPTILE_NP_BACKEND=numpy|numba`` (read at import), or
+* ``reptile_np.kernels.set_backend("numpy" | "numba")`` at run time.
+
+The default is ``numba`` when Numba imports, else ``numpy`` with one warning.
+"""
+import importlib
+import os
+import warnings
+
+from . import reference
+
+BACKENDS = ("numpy", "numba")
+KERNELS = ("conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight",
+           "maxpool2d_forward", "maxpool2d_backward")
+
+_current = {"name": None, "module": None}
+
+
+def _numba_module():
+    """Import the Numba kernels, or return None (with one warning) if Numba is missing."""
+    try:
+        return importlib.import_module(__name__ + ".fast")
+    except ImportError as error:
+        warnings.warn(f"Numba is not available ({error}); using the NumPy kernels. "
+                      "Install it with: pip install numba", RuntimeWarning, stacklevel=3)
+        return None
+
+
+def set_backend(name):
+    """Choose the kernels every layer uses: "numpy" (reference) or "numba" (fast).
+
+    Returns:
+        The name of the backend now in use ("numpy" if "numba" was asked for
+        but Numba cannot be imported).
+    """
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}.")
+    module = _numba_module() if name == "numba" else reference
+    if module is None:
+        name, module = "numpy", reference
+    _current["name"], _current["module"] = name, module
+    return name
+
+
+def get_backend():
+    """Name of the backend in use: "numpy" or "numba"."""
+    return _current["name"]
+
+
+def conv2d_forward(x, w, stride, pad):
+    """Convolution without bias; see `reference.conv2d_forward`."""
+    return _current["module"].conv2d_forward(x, w, stride, pad)
+
+
+def conv2d_backward_input(dy, w, x_shape, stride, pad):
+    """Input gradient of a convolution; see `reference.conv2d_backward_input`."""
+    return _current["module"].conv2d_backward_input(dy, w, x_shape, stride, pad)
+
+
+def conv2d_backward_weight(dy, x, w_shape, stride, pad):
+    """Weight gradient of a convolution; see `reference.conv2d_backward_weight`."""
+    return _current["module"].conv2d_backward_weight(dy, x, w_shape, stride, pad)
+
+
+def maxpool2d_forward(x, size, stride, pad):
+    """Max-pooling with winner indices; see `reference.maxpool2d_forward`."""
+    return _current["module"].maxpool2d_forward(x, size, stride, pad)
+
+
+def maxpool2d_backward(dy, argmax, x_shape, size, stride, pad):
+    """Gradient of max-pooling; see `reference.maxpool2d_backward`."""
+    return _current["module"].maxpool2d_backward(dy, argmax, x_shape, size, stride, pad)
+
+
+set_backend(os.environ.get("REPTILE_NP_BACKEND", "numba").strip().lower() or "numba")

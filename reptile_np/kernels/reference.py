@@ -1,0 +1,155 @@
+"""Readable NumPy kernels: convolution and max-pooling, forward and backward.
+
+These are the kernels to read. Each one loops over the *kernel taps* (the
+kh x kw offsets inside a window) and does one small matrix product per tap, so
+the arithmetic of a convolution is visible in a few lines. `fast.py` holds Numba
+twins with exactly the same signatures; a test holds the two equal.
+
+Conventions shared by every kernel here:
+
+* Activations are NCHW; convolution weights are (out, in, kh, kw) as in PyTorch.
+* ``pad`` is always an explicit 4-tuple ``(top, bottom, left, right)``. The layer
+  resolves ``"same"`` / int padding into this tuple, so TensorFlow's asymmetric
+  "same" padding (the extra row at the bottom/right) is just another tuple.
+* The output size along one axis is ``(size + before + after - k) // stride + 1``.
+* The dtype of the inputs is the dtype of the work and of the result.
+"""
+import numpy as np
+
+
+def output_size(size, kernel, stride, pad_before, pad_after):
+    """Spatial output size of a convolution or pooling window along one axis."""
+    return (size + pad_before + pad_after - kernel) // stride + 1
+
+
+def _tap(xp, i, j, stride, out_h, out_w):
+    """The (N, C, out_h, out_w) slice of the padded input seen by kernel tap (i, j)."""
+    return xp[:, :, i:i + stride * out_h:stride, j:j + stride * out_w:stride]
+
+
+def _padded(x, pad, value=0.0):
+    top, bottom, left, right = pad
+    return np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=value)
+
+
+def conv2d_forward(x, w, stride, pad):
+    """Cross-correlation without bias, as ``torch.nn.functional.conv2d``.
+
+    Args:
+        x: (N, C, H, W) input.
+        w: (O, C, KH, KW) weights.
+        stride: int, the same along both axes.
+        pad: (top, bottom, left, right) zero padding.
+
+    Returns:
+        y: (N, O, OH, OW) with ``y[n, o, p, q] = sum_{c,i,j} w[o, c, i, j] *
+        xpad[n, c, p*stride + i, q*stride + j]``.
+    """
+    n, _, h, width = x.shape
+    out_ch, _, kh, kw = w.shape
+    out_h = output_size(h, kh, stride, pad[0], pad[1])
+    out_w = output_size(width, kw, stride, pad[2], pad[3])
+    xp = _padded(x, pad)
+    y = np.zeros((n, out_ch, out_h, out_w), dtype=x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            # (O, C) . (N, C, OH, OW) over C -> (O, N, OH, OW)
+            y += np.tensordot(w[:, :, i, j], _tap(xp, i, j, stride, out_h, out_w),
+                              axes=([1], [1])).transpose(1, 0, 2, 3)
+    return y
+
+
+def conv2d_backward_input(dy, w, x_shape, stride, pad):
+    """Gradient of `conv2d_forward` with respect to its input.
+
+    Args:
+        dy: (N, O, OH, OW) upstream gradient.
+        w: (O, C, KH, KW) weights.
+        x_shape: (N, C, H, W) shape of the forward input.
+        stride, pad: as in the forward pass.
+
+    Returns:
+        dx: (N, C, H, W); every tap scatters ``w[:, :, i, j]^T dy`` back onto the
+        input pixels it read, and the padding border is cropped off.
+    """
+    n, c, h, width = x_shape
+    _, _, kh, kw = w.shape
+    out_h, out_w = dy.shape[2], dy.shape[3]
+    dxp = np.zeros((n, c, h + pad[0] + pad[1], width + pad[2] + pad[3]), dtype=dy.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            # (N, O, OH, OW) . (O, C) over O -> (N, OH, OW, C)
+            contribution = np.tensordot(dy, w[:, :, i, j], axes=([1], [0]))
+            _tap(dxp, i, j, stride, out_h, out_w)[...] += contribution.transpose(0, 3, 1, 2)
+    return dxp[:, :, pad[0]:pad[0] + h, pad[2]:pad[2] + width]
+
+
+def conv2d_backward_weight(dy, x, w_shape, stride, pad):
+    """Gradient of `conv2d_forward` with respect to its weights.
+
+    Args:
+        dy: (N, O, OH, OW) upstream gradient.
+        x: (N, C, H, W) forward input.
+        w_shape: (O, C, KH, KW).
+        stride, pad: as in the forward pass.
+
+    Returns:
+        dw: (O, C, KH, KW) with ``dw[o, c, i, j] = sum_{n,p,q} dy[n, o, p, q] *
+        xpad[n, c, p*stride + i, q*stride + j]``.
+    """
+    out_ch, c, kh, kw = w_shape
+    out_h, out_w = dy.shape[2], dy.shape[3]
+    xp = _padded(x, pad)
+    dw = np.empty(w_shape, dtype=dy.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            dw[:, :, i, j] = np.tensordot(dy, _tap(xp, i, j, stride, out_h, out_w),
+                                          axes=([0, 2, 3], [0, 2, 3]))
+    return dw
+
+
+def maxpool2d_forward(x, size, stride, pad):
+    """Max-pooling over size x size windows; padded cells are -inf and never win.
+
+    Args:
+        x: (N, C, H, W) input.
+        size: window side.
+        stride: window step.
+        pad: (top, bottom, left, right) padding with -inf.
+
+    Returns:
+        y: (N, C, OH, OW) window maxima.
+        argmax: (N, C, OH, OW) int8, the winning tap ``i * size + j`` of each window;
+        ties go to the first maximum in row-major window order (as PyTorch's CPU kernel).
+    """
+    _, _, h, width = x.shape
+    out_h = output_size(h, size, stride, pad[0], pad[1])
+    out_w = output_size(width, size, stride, pad[2], pad[3])
+    xp = _padded(x, pad, value=-np.inf)
+    taps = np.stack([_tap(xp, i, j, stride, out_h, out_w)
+                     for i in range(size) for j in range(size)])
+    argmax = np.argmax(taps, axis=0).astype(np.int8)  # argmax keeps the first of ties
+    y = np.take_along_axis(taps, argmax[None].astype(np.intp), axis=0)[0]
+    return y, argmax
+
+
+def maxpool2d_backward(dy, argmax, x_shape, size, stride, pad):
+    """Gradient of `maxpool2d_forward`: each window's gradient goes to its winner.
+
+    Args:
+        dy: (N, C, OH, OW) upstream gradient.
+        argmax: (N, C, OH, OW) winning taps from the forward pass.
+        x_shape: (N, C, H, W) shape of the forward input.
+        size, stride, pad: as in the forward pass.
+
+    Returns:
+        dx: (N, C, H, W).
+    """
+    n, c, h, width = x_shape
+    out_h, out_w = dy.shape[2], dy.shape[3]
+    dxp = np.zeros((n, c, h + pad[0] + pad[1], width + pad[2] + pad[3]), dtype=dy.dtype)
+    for i in range(size):
+        for j in range(size):
+            won = argmax == i * size + j
+            _tap(dxp, i, j, stride, out_h, out_w)[...] += np.where(won, dy, 0)
+    return dxp[:, :, pad[0]:pad[0] + h, pad[2]:pad[2] + width]

@@ -1,0 +1,179 @@
+"""The paper's networks as `Sequential` models over one flat parameter vector.
+
+    model = omniglot_cnn(num_classes=5)
+    theta = model.init(np.random.default_rng(0))          # flat float32 vector
+    loss, grad = model.loss_and_grad(theta, x, y)         # grad has theta's layout
+
+Parameter names are those of the equivalent ``torch.nn.Sequential`` (``"0.weight"``,
+``"1.bias"``, ...), so ``model.state_dict(theta)`` loads into the PyTorch twin built
+by `reptile_np.interop.torch_module` with ``strict=True``.
+"""
+import numpy as np
+
+from . import losses
+from .layers import BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU, Tanh
+from .params import ParameterLayout
+
+LOSSES = {"cross_entropy": losses.softmax_cross_entropy, "mse": losses.mean_squared_error}
+
+
+class Sequential:
+    """A chain of layers whose parameters live in one flat vector ``theta``.
+
+    Args:
+        layers: the layers, applied in order.
+        input_shape: shape of one input example, e.g. (1, 28, 28) or (1,).
+        loss: "cross_entropy" (integer labels) or "mse" (targets shaped like the output).
+    """
+
+    def __init__(self, layers, input_shape, loss="cross_entropy"):
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {loss!r}.")
+        self.layers = list(layers)
+        self.input_shape = tuple(input_shape)
+        self.loss_name = loss
+        shape = self.input_shape
+        for layer in self.layers:
+            shape = layer.output_shape(shape)
+        self.output_shape = shape
+        self.layout = ParameterLayout([(f"{index}.{name}", param_shape)
+                                       for index, layer in enumerate(self.layers)
+                                       for name, param_shape in layer.param_shapes.items()])
+        counts = [len(layer.param_shapes) for layer in self.layers]
+        # Which of the layout's tensors belong to each layer: views[bounds[i]:bounds[i+1]].
+        self._bounds = np.concatenate([[0], np.cumsum(counts)]).astype(int).tolist()
+
+    @property
+    def num_params(self):
+        """Length of the flat parameter vector."""
+        return self.layout.size
+
+    def __repr__(self):
+        body = "".join(f"\n  ({i}): {layer!r}" for i, layer in enumerate(self.layers))
+        return f"Sequential(input_shape={self.input_shape}, loss={self.loss_name!r}):{body}\n"
+
+    def init(self, rng, dtype=np.float32):
+        """A fresh flat parameter vector drawn with ``rng`` (a numpy Generator)."""
+        if not isinstance(rng, np.random.Generator):
+            raise ValueError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}.")
+        tensors = [t for layer in self.layers for t in layer.init(rng, dtype)]
+        return np.concatenate([np.ravel(t) for t in tensors]).astype(dtype)
+
+    def state_dict(self, theta):
+        """``{name: array}`` with PyTorch names and layouts (copies)."""
+        return self.layout.state_dict(theta)
+
+    def load_state_dict(self, state_dict, dtype=None):
+        """Flat vector from ``{name: array}``; checks names and shapes."""
+        return self.layout.flatten(state_dict, dtype)
+
+    def _layer_params(self, theta):
+        views = self.layout.views(theta)
+        return [tuple(views[a:b]) for a, b in zip(self._bounds[:-1], self._bounds[1:])]
+
+    def _check_x(self, theta, x):
+        self.layout.check(theta)
+        x = np.asarray(x)
+        if x.ndim != len(self.input_shape) + 1 or x.shape[1:] != self.input_shape or x.shape[0] == 0:
+            raise ValueError(f"x must have shape (N, {', '.join(map(str, self.input_shape))}) "
+                             f"with N >= 1, got {x.shape}.")
+        return x.astype(theta.dtype, copy=False)
+
+    def _check_y(self, theta, x, y):
+        y = np.asarray(y)
+        if self.loss_name == "cross_entropy":
+            classes = self.output_shape[0]
+            if y.shape != (x.shape[0],) or not np.issubdtype(y.dtype, np.integer):
+                raise ValueError(f"y must be {x.shape[0]} integer labels, got shape {y.shape} "
+                                 f"of dtype {y.dtype}.")
+            if y.min() < 0 or y.max() >= classes:
+                raise ValueError(f"y must hold labels in [0, {classes}), got values from "
+                                 f"{y.min()} to {y.max()}.")
+            return y
+        if y.shape != (x.shape[0],) + self.output_shape:
+            raise ValueError(f"y must have shape {(x.shape[0],) + self.output_shape}, got {y.shape}.")
+        return y.astype(theta.dtype, copy=False)
+
+    def forward(self, theta, x):
+        """Network output (logits or regression values) for a batch ``x`` of shape (N, *input_shape)."""
+        out = self._check_x(theta, x)
+        for layer, params in zip(self.layers, self._layer_params(theta)):
+            out, _ = layer.forward(params, out)
+        return out
+
+    def predict(self, theta, x):
+        """Predicted class of each example (argmax of the logits)."""
+        return np.argmax(self.forward(theta, x), axis=1)
+
+    def loss(self, theta, x, y, reduction="sum"):
+        """The loss alone (forward pass only)."""
+        out = self.forward(theta, x)
+        return LOSSES[self.loss_name](out, self._check_y(theta, out, y), reduction)[0]
+
+    def loss_and_grad(self, theta, x, y, reduction="sum"):
+        """Loss and its gradient with respect to ``theta``, a flat vector of theta's layout.
+
+        The forward pass keeps each layer's cache; the backward pass walks the layers
+        in reverse and writes each layer's parameter gradients into its slice of ``grad``.
+        """
+        out = self._check_x(theta, x)
+        y = self._check_y(theta, out, y)
+        layer_params = self._layer_params(theta)
+        caches = []
+        for layer, params in zip(self.layers, layer_params):
+            out, cache = layer.forward(params, out)
+            caches.append(cache)
+        loss, dout = LOSSES[self.loss_name](out, y, reduction)
+        grad = np.empty_like(theta)
+        grad_views = self._layer_params(grad)
+        for layer, params, cache, dparams_out in zip(self.layers[::-1], layer_params[::-1],
+                                                     caches[::-1], grad_views[::-1]):
+            dout, dparams = layer.backward(params, cache, dout)
+            for view, value in zip(dparams_out, dparams):
+                view[...] = value
+        return loss, grad
+
+
+def omniglot_cnn(num_classes=5, eps=1e-3):
+    """The paper's Omniglot network: 4 x [conv 3x3, 64, stride 2, TF "same" -> BN -> ReLU]
+    -> flatten (64 x 2 x 2 = 256) -> linear. Input (N, 1, 28, 28); 113,221 parameters for 5 classes."""
+    layers, channels = [], 1
+    for _ in range(4):
+        layers += [Conv2d(channels, 64, 3, stride=2, padding="same"), BatchNorm2d(64, eps), ReLU()]
+        channels = 64
+    layers += [Flatten(), Linear(256, num_classes)]
+    return Sequential(layers, input_shape=(1, 28, 28))
+
+
+def miniimagenet_cnn(num_classes=5, eps=1e-3):
+    """The paper's Mini-ImageNet network: 4 x [conv 3x3, 32, "same" -> BN -> max-pool 2x2
+    TF "same" -> ReLU] (84 -> 42 -> 21 -> 11 -> 6) -> flatten (32 x 6 x 6 = 1152) -> linear.
+    Input (N, 3, 84, 84); 34,661 parameters for 5 classes."""
+    layers, channels = [], 3
+    for _ in range(4):
+        layers += [Conv2d(channels, 32, 3, stride=1, padding="same"), BatchNorm2d(32, eps),
+                   MaxPool2d(2, 2, padding="same"), ReLU()]
+        channels = 32
+    layers += [Flatten(), Linear(1152, num_classes)]
+    return Sequential(layers, input_shape=(3, 84, 84))
+
+
+def sine_mlp(hidden=(64, 64), activation="tanh", init="torch"):
+    """The sine-wave regression MLP 1 -> 64 -> 64 -> 1 (4,353 parameters), mean squared error.
+
+    The defaults are the OpenAI blog demo's: tanh, PyTorch's default initialisation
+    (U(+-1/sqrt(fan_in)) for weights and biases); ``activation="relu"`` is the paper's
+    Figure 1 variant.
+    """
+    activations = {"tanh": Tanh, "relu": ReLU}
+    if activation not in activations:
+        raise ValueError(f"activation must be 'tanh' or 'relu', got {activation!r}.")
+    layers, width = [], 1
+    for size in hidden:
+        layers += [Linear(width, size, init=init), activations[activation]()]
+        width = size
+    layers.append(Linear(width, 1, init=init))
+    return Sequential(layers, input_shape=(1,), loss="mse")
+
+
+MODELS = {"omniglot": omniglot_cnn, "miniimagenet": miniimagenet_cnn, "sine": sine_mlp}
