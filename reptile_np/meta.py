@@ -1,0 +1,228 @@
+"""First-order meta-learning: the inner loop and the outer updates, in plain sight.
+
+One meta-iteration of batched Reptile (paper Algorithm 2, REFERENCE a.1)::
+
+    phis = []
+    for x, y in tasks:                                  # B tasks, one after another
+        batches = minibatches(len(y), inner_batch, inner_iters, rng)
+        phis.append(inner_loop(model, theta, x, y, batches, optimizer))
+    theta = theta + epsilon * (mean(phis) - theta)      # the outer interpolation
+
+The interpolation is SGD with learning rate ``epsilon`` on the "gradient"
+``theta - mean(phis)``; no outer optimiser is involved. The inner ``optimizer`` keeps
+its state across tasks when the caller does not reset it (the paper's policy).
+
+Also here: first-order MAML (the last inner step's parameter change, with a shared
+or a separate tail batch), the general family of the paper's section 6.2 (any
+weighted sum of the inner steps), and exact second-order MAML through inner SGD
+steps as a float64 reference tool for small networks.
+"""
+import numpy as np
+
+
+def minibatches(num_samples, batch_size, num_batches, rng, replacement=False):
+    """Index arrays of the inner loop's mini-batches, as the paper's code draws them.
+
+    Without replacement: shuffle the samples, deal them out into batches of
+    ``batch_size``, reshuffle when the pass runs out -- a partial batch is carried into
+    the next pass, so a batch can straddle two passes (and then repeat a sample).
+    With replacement: every batch is an independent draw of distinct samples.
+
+    Args:
+        num_samples: how many samples the task has.
+        batch_size: samples per batch.
+        num_batches: how many batches to return.
+        rng: numpy Generator.
+        replacement: draw each batch independently.
+
+    Returns:
+        A list of ``num_batches`` int arrays of length ``batch_size``.
+    """
+    if batch_size < 1 or num_batches < 0 or num_samples < 1:
+        raise ValueError(f"minibatches needs num_samples >= 1, batch_size >= 1 and "
+                         f"num_batches >= 0, got {num_samples}, {batch_size}, {num_batches}.")
+    if replacement:
+        if batch_size > num_samples:
+            raise ValueError(f"batch_size must be at most num_samples ({num_samples}) when "
+                             f"drawing with replacement, got {batch_size}.")
+        return [rng.choice(num_samples, batch_size, replace=False) for _ in range(num_batches)]
+    batches, current = [], []
+    while len(batches) < num_batches:
+        for index in rng.permutation(num_samples):
+            current.append(index)
+            if len(current) == batch_size:
+                batches.append(np.array(current))
+                current = []
+                if len(batches) == num_batches:
+                    break
+    return batches
+
+
+def inner_loop(model, theta, x, y, batches, optimizer, reduction="sum", weight_decay=1.0):
+    """Adapt ``theta`` to one task: one optimiser step per mini-batch.
+
+    Args:
+        model: a `reptile_np.models.Sequential`.
+        theta: flat parameters to start from (not modified).
+        x, y: the task's examples and targets.
+        batches: index arrays (see `minibatches`).
+        optimizer: `optim.SGD` or `optim.Adam`; its state advances.
+        reduction: "sum" (the paper's) or "mean" over each batch.
+        weight_decay: multiply the parameters by this before every step (1 = off).
+
+    Returns:
+        phi, the adapted parameters.
+    """
+    phi = theta.copy()
+    for batch in batches:
+        if weight_decay != 1.0:
+            phi *= phi.dtype.type(weight_decay)
+        _, grad = model.loss_and_grad(phi, x[batch], y[batch], reduction)
+        optimizer.step(phi, grad)
+    return phi
+
+
+def meta_step_size(iteration, meta_iters, initial, final):
+    """The paper's linear schedule: ``epsilon_i = (i/M) * final + (1 - i/M) * initial``.
+
+    It never quite reaches ``final``: the last iteration (i = M - 1) uses
+    ``initial + (final - initial) * (M - 1) / M``.
+    """
+    fraction = iteration / meta_iters
+    return fraction * final + (1 - fraction) * initial
+
+
+def task_batches(y, inner_batch, inner_iters, rng, replacement=False, tail_shots=None):
+    """The inner loop's mini-batches for one task.
+
+    With ``tail_shots`` (FOMAML's "separate tail", REFERENCE a.3): the first
+    ``tail_shots`` examples of every label are set aside; ``inner_iters - 1`` batches are
+    drawn from the rest, and the last batch is exactly the set-aside examples.
+    """
+    if tail_shots is None:
+        return minibatches(len(y), inner_batch, inner_iters, rng, replacement)
+    tail = np.concatenate([np.flatnonzero(y == label)[:tail_shots] for label in np.unique(y)])
+    rest = np.setdiff1d(np.arange(len(y)), tail)
+    if len(rest) == 0:
+        raise ValueError(f"tail_shots ({tail_shots}) leaves no examples for the inner batches.")
+    head = minibatches(len(rest), inner_batch, inner_iters - 1, rng, replacement)
+    return [rest[batch] for batch in head] + [tail]
+
+
+def reptile_step(model, theta, tasks, optimizer, rng, inner_batch, inner_iters, epsilon,
+                 replacement=False, reduction="sum", weight_decay=1.0):
+    """One meta-iteration of Reptile; serial Reptile is the case of one task.
+
+    Args:
+        tasks: list of ``(x, y)``, one per task of the meta-batch.
+        epsilon: the outer step size (see `meta_step_size`).
+        Others: as `inner_loop` and `minibatches`.
+
+    Returns:
+        The new theta, ``theta + epsilon * (mean_j phi_j - theta)``.
+    """
+    phis = []
+    for x, y in tasks:
+        batches = minibatches(len(y), inner_batch, inner_iters, rng, replacement)
+        phis.append(inner_loop(model, theta, x, y, batches, optimizer, reduction, weight_decay))
+    return theta + theta.dtype.type(epsilon) * (np.mean(phis, axis=0) - theta)
+
+
+def fomaml_step(model, theta, tasks, optimizer, rng, inner_batch, inner_iters, epsilon,
+                replacement=False, reduction="sum", weight_decay=1.0, tail_shots=None):
+    """One meta-iteration of first-order MAML as the paper's code does it (``--foml``).
+
+    Each task runs the inner loop; the outer update is the mean over tasks of the
+    LAST inner step's parameter change (``-lr * g_k`` under SGD), not an interpolation
+    toward phi. ``tail_shots`` selects the "separate tail" last batch (see `task_batches`).
+
+    Returns:
+        ``theta + epsilon * mean_j (phi_j - phi_j_before_last_step)``.
+    """
+    deltas = []
+    for x, y in tasks:
+        batches = task_batches(y, inner_batch, inner_iters, rng, replacement, tail_shots)
+        before_last = inner_loop(model, theta, x, y, batches[:-1], optimizer, reduction, weight_decay)
+        last = inner_loop(model, before_last, x, y, batches[-1:], optimizer, reduction, weight_decay)
+        deltas.append(last - before_last)
+    return theta + theta.dtype.type(epsilon) * np.mean(deltas, axis=0)
+
+
+def combination_step(model, theta, tasks, optimizer, rng, inner_batch, inner_iters, epsilon,
+                     step_weights, replacement=False, reduction="sum", weight_decay=1.0):
+    """The paper's section 6.2 family: the outer update is a weighted sum of inner steps.
+
+    With inner SGD the i-th step changes the parameters by ``-lr * g_i``, so
+    ``step_weights`` picks the gradient combination: ``(1,)`` with one step is joint
+    training (g1), ``(0, ..., 0, 1)`` is FOMAML (gk), all ones is Reptile (g1+...+gk),
+    ``1/k`` each is their average.
+
+    Returns:
+        ``theta + epsilon * mean_j sum_i step_weights[i] * (phi_j,i+1 - phi_j,i)``.
+    """
+    if len(step_weights) != inner_iters:
+        raise ValueError(f"step_weights must have inner_iters = {inner_iters} entries, "
+                         f"got {len(step_weights)}.")
+    combined = np.zeros_like(theta)
+    for x, y in tasks:
+        phi = theta
+        for weight, batch in zip(step_weights, minibatches(len(y), inner_batch, inner_iters,
+                                                           rng, replacement)):
+            next_phi = inner_loop(model, phi, x, y, [batch], optimizer, reduction, weight_decay)
+            combined += theta.dtype.type(weight) * (next_phi - phi)
+            phi = next_phi
+    return theta + theta.dtype.type(epsilon / len(tasks)) * combined
+
+
+def hessian_vector_product(model, phi, x, y, vector, reduction="sum", step=1e-5):
+    """H v for the loss on (x, y) at ``phi``, by central differences of our gradient.
+
+    ``(grad(phi + r v) - grad(phi - r v)) / (2 r)`` with ``r = step / |v|``: exact up to
+    O(r^2) for smooth losses. Use float64; this is a reference tool, not a fast path.
+    """
+    norm = np.linalg.norm(vector)
+    if norm == 0:
+        return np.zeros_like(vector)
+    r = step / norm
+    _, grad_plus = model.loss_and_grad(phi + r * vector, x, y, reduction)
+    _, grad_minus = model.loss_and_grad(phi - r * vector, x, y, reduction)
+    return (grad_plus - grad_minus) / (2 * r)
+
+
+def maml_gradient(model, theta, x, y, batches, lr, reduction="sum"):
+    """Exact MAML meta-gradient through ``len(batches) - 1`` inner SGD steps.
+
+    The inner loop takes SGD steps on batches 1..k-1 (phi_1 = theta,
+    phi_{j+1} = phi_j - lr g_j); the meta-loss is batch k's loss at phi_k. Its
+    gradient with respect to theta is ``prod_{j<k} (I - lr H_j(phi_j)) g_k``,
+    evaluated from the last factor back with Hessian-vector products.
+
+    Returns:
+        (g_maml, g_fomaml): the exact meta-gradient and its first-order part g_k.
+    """
+    phis = [theta]
+    for batch in batches[:-1]:
+        _, grad = model.loss_and_grad(phis[-1], x[batch], y[batch], reduction)
+        phis.append(phis[-1] - lr * grad)
+    _, last_grad = model.loss_and_grad(phis[-1], x[batches[-1]], y[batches[-1]], reduction)
+    meta_grad = last_grad
+    for phi, batch in zip(phis[-2::-1], batches[-2::-1]):
+        meta_grad = meta_grad - lr * hessian_vector_product(model, phi, x[batch], y[batch],
+                                                            meta_grad, reduction)
+    return meta_grad, last_grad
+
+
+def maml_step(model, theta, tasks, rng, inner_batch, inner_iters, lr, epsilon,
+              replacement=False, reduction="sum"):
+    """One meta-iteration of second-order MAML with inner SGD (a reference, for small nets).
+
+    ``inner_iters`` counts all batches: ``inner_iters - 1`` inner SGD steps, then the
+    meta-loss batch -- the same batches FOMAML's shared tail would use, so the two
+    differ only by the second-order term. The outer step matches FOMAML's scale:
+    ``theta - epsilon * lr * mean_j g_maml_j``.
+    """
+    meta_grads = []
+    for x, y in tasks:
+        batches = minibatches(len(y), inner_batch, inner_iters, rng, replacement)
+        meta_grads.append(maml_gradient(model, theta, x, y, batches, lr, reduction)[0])
+    return theta - theta.dtype.type(epsilon * lr) * np.mean(meta_grads, axis=0)

@@ -1,0 +1,178 @@
+"""Meta-training on few-shot classification, as the paper's ``train.py`` (REFERENCE a.1).
+
+Every meta-iteration ``i`` draws its randomness from ``iteration_rng(seed, i)``, so a
+run is reproducible, any iteration can be replayed, and resuming from a checkpoint
+needs only theta, the inner optimiser's state and ``i``.
+"""
+import dataclasses
+import json
+import os
+import time
+
+import numpy as np
+
+from . import meta
+from .checkpoint import load_checkpoint, save_checkpoint
+from .data.tasks import sample_task
+from .evaluate import evaluate_task
+from .optim import SGD, Adam
+from .progress import Progress
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """The paper code's hyper-parameters, with its defaults (REFERENCE d.1).
+
+    Field names follow supervised-reptile's keyword arguments; the command-line flags
+    are the same with dashes (``--inner-batch`` is ``inner_batch_size``, ...).
+    """
+
+    num_classes: int = 5
+    num_shots: int = 5
+    train_shots: int = 0             # 0: use num_shots for meta-training too
+    inner_batch_size: int = 5
+    inner_iters: int = 20
+    replacement: bool = False
+    learning_rate: float = 1e-3
+    meta_step_size: float = 0.1
+    meta_step_size_final: float = 0.1
+    meta_batch_size: int = 1
+    meta_iters: int = 400000
+    eval_batch_size: int = 5
+    eval_iters: int = 50
+    eval_interval: int = 10
+    weight_decay: float = 1.0
+    transductive: bool = False
+    foml: bool = False
+    foml_tail: int = None
+    sgd: bool = False
+    seed: int = 0
+
+    @property
+    def shots_for_training(self):
+        """K used during meta-training: ``train_shots`` if set, else ``num_shots``."""
+        return self.train_shots or self.num_shots
+
+
+def make_optimizer(config, num_params, dtype):
+    """The inner optimiser: Adam with beta1 = 0 (the paper's) or SGD with ``--sgd``."""
+    if config.sgd:
+        return SGD(config.learning_rate)
+    return Adam(num_params, lr=config.learning_rate, beta1=0.0, dtype=dtype)
+
+
+def iteration_rng(seed, iteration, stream=0):
+    """The random generator of one meta-iteration (stream 1: its periodic evaluation)."""
+    return np.random.default_rng([seed, iteration, stream])
+
+
+def check_config(config, splits):
+    """Raise ValueError if the config cannot run on these splits (shots, classes, batches)."""
+    for name, split in splits.items():
+        if config.num_classes > split.num_classes:
+            raise ValueError(f"--classes {config.num_classes} is more than the {split.num_classes} "
+                             f"classes of the {name} split.")
+    train = splits["train"]
+    if config.shots_for_training > train.samples_per_class:
+        raise ValueError(f"--train-shots/--shots {config.shots_for_training} is more than the "
+                         f"{train.samples_per_class} samples each class has.")
+    if config.num_shots + 1 > min(s.samples_per_class for s in splits.values()):
+        raise ValueError(f"--shots {config.num_shots} needs {config.num_shots + 1} samples per "
+                         f"class for evaluation (K support + 1 query), more than the data has.")
+    for flag, value in (("--inner-batch", config.inner_batch_size), ("--inner-iters", config.inner_iters),
+                        ("--meta-batch", config.meta_batch_size), ("--meta-iters", config.meta_iters),
+                        ("--eval-batch", config.eval_batch_size), ("--eval-interval", config.eval_interval)):
+        if value < 1:
+            raise ValueError(f"{flag} must be at least 1, got {value}.")
+    if config.foml_tail is not None and config.foml_tail >= config.shots_for_training:
+        raise ValueError(f"--foml-tail {config.foml_tail} must be smaller than the "
+                         f"{config.shots_for_training} training shots.")
+
+
+def meta_iteration(model, theta, optimizer, train_split, config, iteration):
+    """One outer step: sample the meta-batch of tasks, adapt to each, update theta."""
+    rng = iteration_rng(config.seed, iteration)
+    tasks = [sample_task(train_split, config.num_classes, config.shots_for_training, rng,
+                         dtype=theta.dtype) for _ in range(config.meta_batch_size)]
+    epsilon = meta.meta_step_size(iteration, config.meta_iters, config.meta_step_size,
+                                  config.meta_step_size_final)
+    common = dict(replacement=config.replacement, weight_decay=config.weight_decay)
+    if config.foml:
+        return meta.fomaml_step(model, theta, tasks, optimizer, rng, config.inner_batch_size,
+                                config.inner_iters, epsilon, tail_shots=config.foml_tail, **common)
+    return meta.reptile_step(model, theta, tasks, optimizer, rng, config.inner_batch_size,
+                             config.inner_iters, epsilon, **common)
+
+
+def quick_accuracy(model, theta, optimizer, split, config, rng):
+    """Accuracy on one evaluation task (the paper's periodic, noisy, logging metric)."""
+    task = sample_task(split, config.num_classes, config.num_shots + 1, rng, dtype=theta.dtype)
+    return evaluate_task(model, theta, optimizer, task, config.num_classes,
+                         config.eval_batch_size, config.eval_iters, rng, config.transductive,
+                         config.replacement, weight_decay=config.weight_decay) / config.num_classes
+
+
+def meta_train(model, theta, optimizer, splits, config, start_iteration=0, checkpoint_path=None,
+               checkpoint_every=1000, log_path=None, progress_stream=None, run_info=None):
+    """Meta-train from ``start_iteration`` to ``config.meta_iters``.
+
+    Every ``config.eval_interval`` iterations, one train task and one test task are
+    evaluated (as the paper's code logs them); a running mean of the last 100 of
+    each is shown on the progress line and every value goes to ``log_path`` (JSON lines).
+
+    Args:
+        splits: ``{"train": ClassImages, "test": ClassImages, ...}``.
+        checkpoint_path: write a checkpoint there every ``checkpoint_every`` iterations
+            and at the end (None: never).
+        run_info: JSON-serialisable dict stored in checkpoints beside the config.
+
+    Returns:
+        The meta-trained theta.
+
+    Raises:
+        FloatingPointError: theta became non-finite (the last checkpoint is kept).
+    """
+    check_config(config, splits)
+    progress = Progress(config.meta_iters, "meta-iteration", progress_stream, start=start_iteration)
+    recent = {"train": [], "test": []}
+    stored_config = {"train": dataclasses.asdict(config), **(run_info or {})}
+    log = open(log_path, "a", encoding="utf-8") if log_path else None
+    try:
+        for iteration in range(start_iteration, config.meta_iters):
+            theta = meta_iteration(model, theta, optimizer, splits["train"], config, iteration)
+            if not np.all(np.isfinite(theta)):
+                raise FloatingPointError(
+                    f"theta became non-finite at meta-iteration {iteration}; lower "
+                    f"--learning-rate or --meta-step (the last checkpoint is kept).")
+            record = {"iteration": iteration + 1, "time": time.time()}
+            if (iteration + 1) % config.eval_interval == 0:
+                rng = iteration_rng(config.seed, iteration, stream=1)
+                for name in ("train", "test"):
+                    record[f"{name}_accuracy"] = quick_accuracy(model, theta, optimizer,
+                                                                splits[name], config, rng)
+                    recent[name] = (recent[name] + [record[f"{name}_accuracy"]])[-100:]
+            if log is not None:
+                log.write(json.dumps(record) + "\n")
+            if checkpoint_path and ((iteration + 1) % checkpoint_every == 0
+                                    or iteration + 1 == config.meta_iters):
+                save_checkpoint(checkpoint_path, model, theta, optimizer.snapshot(),
+                                iteration + 1, stored_config)
+            fields = {name: f"{np.mean(values):.3f}" for name, values in recent.items() if values}
+            progress.update(iteration + 1, **fields)
+    finally:
+        if log is not None:
+            log.close()
+    return theta
+
+
+def resume(checkpoint_path, model, optimizer):
+    """Load theta and optimiser state from a checkpoint; return (theta, iteration, metadata)."""
+    theta, optimizer_state, metadata = load_checkpoint(checkpoint_path, model)
+    if optimizer_state:
+        optimizer.restore(optimizer_state)
+    return theta, metadata["iteration"], metadata
+
+
+def checkpoint_file(directory):
+    """The checkpoint path inside a ``--checkpoint`` directory."""
+    return os.path.join(directory, "checkpoint.npz")
