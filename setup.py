@@ -17,7 +17,7 @@ setup(
         "test": ["pytest>=7"],
         "torch": ["torch>=2.0"],
         "plot": ["matplotlib>=3.5"],
-        "data": ["Pillow>=9"],
+        "data": ["Pillow>=9.1"],
         "jax": ["jax>=0.4"],
     },
     entry_points={"console_scripts": ["reptile-np=reptile_np.cli:main"]},

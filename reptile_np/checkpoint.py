@@ -14,31 +14,14 @@ the old one, so a crash leaves either the old or the new checkpoint, never half 
 """
 import json
 import os
-import tempfile
 import zipfile
 
 import numpy as np
 
 from . import __version__
+from .files import atomic_path
 
 FORMAT_VERSION = 1
-
-
-def atomic_write(path, write):
-    """Call ``write(file)`` on a temporary file beside ``path``, then rename it to ``path``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(handle, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def save_checkpoint(path, model, theta, optimizer_state, iteration, config):
@@ -63,7 +46,9 @@ def save_checkpoint(path, model, theta, optimizer_state, iteration, config):
     }
     arrays = {"theta": theta, "metadata": np.array(json.dumps(metadata, sort_keys=True))}
     arrays.update({f"optimizer/{key}": np.asarray(value) for key, value in optimizer_state.items()})
-    atomic_write(path, lambda file: np.savez(file, **arrays))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as file:
+        np.savez(file, **arrays)
 
 
 def load_checkpoint(path, model=None):

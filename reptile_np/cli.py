@@ -190,11 +190,14 @@ def load_splits(dataset, data_dir, split, seed):
         hint = ("reptile-np fetch-data omniglot" if dataset == "omniglot"
                 else "see the README's Mini-ImageNet section")
         raise CommandError(f"--data-dir {data_dir} does not exist; get the data with: {hint}.")
+    # The decoded cache goes to our own data directory, never into the user's data folder
+    # (which may be shared or read-only).
+    cache_dir = os.path.join(fetch.default_data_dir(), dataset)
     if dataset == "omniglot":
         from .data.omniglot import load_omniglot
-        return load_omniglot(data_dir, split=split, seed=seed)
+        return load_omniglot(data_dir, split=split, seed=seed, cache_dir=cache_dir)
     from .data.miniimagenet import load_miniimagenet
-    return load_miniimagenet(data_dir)
+    return load_miniimagenet(data_dir, cache_dir=cache_dir)
 
 
 def run_train(args):
@@ -309,7 +312,7 @@ def run_fetch(args):
     from .data import fetch
     dest = args.dest or os.path.join(fetch.default_data_dir(), "omniglot")
     path = fetch.fetch_omniglot(dest, from_dir=args.from_dir)
-    print(f"Omniglot ready in {path}")
+    print(f"Omniglot ready in {path}: train on it with --data-dir {path}")
     return 0
 
 

@@ -74,6 +74,9 @@ class Adam:
 
     def step(self, params, grad):
         """One update of ``params`` (in place); advances the state."""
+        if params.dtype != self.dtype:
+            raise ValueError(f"params are {params.dtype} but the Adam state is {self.dtype}; "
+                             f"construct Adam(..., dtype=np.{params.dtype}).")
         self.t += 1
         beta1, beta2 = self.beta1, self.beta2
         step_size = self.lr * np.sqrt(1 - beta2 ** self.t) / (1 - beta1 ** self.t)
