@@ -297,7 +297,6 @@ def run_gradcheck(args):
     from .gradcheck import format_table, run_gradcheck as check
     rows, passed = check(args.model, args.seed)
     print(format_table(rows))
-    print("PASSED" if passed else "FAILED")
     return 0 if passed else 1
 
 
