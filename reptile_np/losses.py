@@ -56,6 +56,7 @@ def mean_squared_error(pred, target, reduction="mean"):
     """
     _check_reduction(reduction)
     diff = pred - target
+    total = np.vdot(diff, diff)
     if reduction == "mean":
-        return np.mean(diff * diff), 2 * diff / diff.size
-    return np.sum(diff * diff), 2 * diff
+        return total / diff.size, (2 / diff.size) * diff
+    return total, 2 * diff

@@ -46,16 +46,13 @@ def minibatches(num_samples, batch_size, num_batches, rng, replacement=False):
             raise ValueError(f"batch_size must be at most num_samples ({num_samples}) when "
                              f"drawing with replacement, got {batch_size}.")
         return [rng.choice(num_samples, batch_size, replace=False) for _ in range(num_batches)]
-    batches, current = [], []
-    while len(batches) < num_batches:
-        for index in rng.permutation(num_samples):
-            current.append(index)
-            if len(current) == batch_size:
-                batches.append(np.array(current))
-                current = []
-                if len(batches) == num_batches:
-                    break
-    return batches
+    # Dealing shuffled passes out into batches, a partial batch carried into the next
+    # pass, is the same as cutting the concatenated passes into consecutive batches.
+    passes = -(-batch_size * num_batches // num_samples)
+    if passes == 0:
+        return []
+    order = np.concatenate([rng.permutation(num_samples) for _ in range(passes)])
+    return list(order[:batch_size * num_batches].reshape(num_batches, batch_size))
 
 
 def inner_loop(model, theta, x, y, batches, optimizer, reduction="sum", weight_decay=1.0):

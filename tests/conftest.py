@@ -1,10 +1,17 @@
-"""Shared fixtures: a seeded Generator and the kernel backend switch."""
+"""Shared fixtures: a seeded Generator, the kernel backend switch, the shared Omniglot data."""
 import importlib
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from reptile_np import kernels
+from reptile_np.data.omniglot import load_characters
+
+# Tests read the data from ../shared/data beside the repository, never from a copy in it.
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+OMNIGLOT_DIR = SHARED_DATA / "omniglot"
 
 
 @pytest.fixture
@@ -42,3 +49,16 @@ def numpy_backend():
     kernels.set_backend("numpy")
     yield "numpy"
     kernels.set_backend(previous)
+
+
+@pytest.fixture(scope="session")
+def omniglot_cache(tmp_path_factory):
+    """Decode the shared Omniglot release once per test session into a temporary cache."""
+    if not OMNIGLOT_DIR.is_dir():
+        pytest.skip(f"no Omniglot data in {OMNIGLOT_DIR}")
+    pytest.importorskip("PIL")
+    cache_dir = tmp_path_factory.mktemp("omniglot_cache")
+    start = time.perf_counter()
+    load_characters(OMNIGLOT_DIR, cache_dir=cache_dir)
+    print(f"full Omniglot decode: {time.perf_counter() - start:.2f} s")
+    return cache_dir

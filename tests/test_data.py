@@ -18,8 +18,7 @@ from reptile_np.data.tasks import (PILLOW_MISSING, ClassImages, mean_confidence_
                                    sample_task, split_eval_task)
 from reptile_np.errors import DataError
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-OMNIGLOT_DIR = SHARED_DATA / "omniglot"
+from conftest import OMNIGLOT_DIR, SHARED_DATA
 
 
 def _block_pillow(monkeypatch):
@@ -146,19 +145,6 @@ def test_mean_confidence_interval():
 
 
 # ---------------------------------------------------------------------------- Omniglot
-
-@pytest.fixture(scope="module")
-def omniglot_cache(tmp_path_factory):
-    """Decode the shared Omniglot release once into a temporary cache directory."""
-    if not OMNIGLOT_DIR.is_dir():
-        pytest.skip(f"no Omniglot data in {OMNIGLOT_DIR}")
-    pytest.importorskip("PIL")
-    cache_dir = tmp_path_factory.mktemp("omniglot_cache")
-    start = time.perf_counter()
-    load_characters(OMNIGLOT_DIR, cache_dir=cache_dir)
-    print(f"full Omniglot decode: {time.perf_counter() - start:.2f} s")
-    return cache_dir
-
 
 @pytest.fixture(scope="module")
 def paper_split(omniglot_cache):
