@@ -39,9 +39,9 @@ class Sequential:
         self.layout = ParameterLayout([(f"{index}.{name}", param_shape)
                                        for index, layer in enumerate(self.layers)
                                        for name, param_shape in layer.param_shapes.items()])
-        counts = [len(layer.param_shapes) for layer in self.layers]
-        # Which of the layout's tensors belong to each layer: views[bounds[i]:bounds[i+1]].
-        self._bounds = np.concatenate([[0], np.cumsum(counts)]).astype(int).tolist()
+        # Each layer's tensors as (start, stop, shape) in the flat vector, in layout order.
+        spans = iter(zip(self.layout.offsets[:-1], self.layout.offsets[1:], self.layout.shapes))
+        self._spans = [[next(spans) for _ in layer.param_shapes] for layer in self.layers]
 
     @property
     def num_params(self):
@@ -68,8 +68,9 @@ class Sequential:
         return self.layout.flatten(state_dict, dtype)
 
     def _layer_params(self, theta):
-        views = self.layout.views(theta)
-        return [tuple(views[a:b]) for a, b in zip(self._bounds[:-1], self._bounds[1:])]
+        """Each layer's parameters as a tuple of views into ``theta``."""
+        return [tuple([theta[start:stop].reshape(shape) for start, stop, shape in spans])
+                for spans in self._spans]
 
     def _check_x(self, theta, x):
         self.layout.check(theta)
@@ -125,12 +126,11 @@ class Sequential:
             caches.append(cache)
         loss, dout = LOSSES[self.loss_name](out, y, reduction)
         grad = np.empty_like(theta)
-        grad_views = self._layer_params(grad)
-        for layer, params, cache, dparams_out in zip(self.layers[::-1], layer_params[::-1],
-                                                     caches[::-1], grad_views[::-1]):
+        for layer, params, cache, spans in zip(self.layers[::-1], layer_params[::-1],
+                                               caches[::-1], self._spans[::-1]):
             dout, dparams = layer.backward(params, cache, dout)
-            for view, value in zip(dparams_out, dparams):
-                view[...] = value
+            for (start, stop, _), value in zip(spans, dparams):
+                grad[start:stop] = value.ravel()
         return loss, grad
 
 
