@@ -32,6 +32,22 @@ def _formatter(prog):
     return argparse.ArgumentDefaultsHelpFormatter(prog, max_help_position=32)
 
 
+def add_loop_flags(group, inner_batch, inner_iters, learning_rate, meta_step, meta_step_final,
+                   meta_iters):
+    """The flags the sine demo and few-shot training share, with each one's defaults."""
+    group.add_argument("--seed", type=int, default=0, help="random seed")
+    group.add_argument("--inner-batch", type=_positive_int, default=inner_batch,
+                       help="examples per inner step")
+    group.add_argument("--inner-iters", type=_positive_int, default=inner_iters,
+                       help="inner steps per task")
+    group.add_argument("--learning-rate", type=float, default=learning_rate,
+                       help="inner learning rate (Adam, or SGD for --sgd and the sine demo)")
+    group.add_argument("--meta-step", type=float, default=meta_step, help="initial outer step size")
+    group.add_argument("--meta-step-final", type=float, default=meta_step_final,
+                       help="final outer step size")
+    group.add_argument("--meta-iters", type=_positive_int, default=meta_iters, help="outer iterations")
+
+
 # --------------------------------------------------------------------------- sine
 
 def add_sine_parser(subparsers):
@@ -43,16 +59,11 @@ def add_sine_parser(subparsers):
                     "training adapt to held-out sine waves from 10 points.")
     parser.add_argument("--algorithm", choices=("reptile", "fomaml", "maml"), default="reptile",
                         help="meta-learning algorithm (maml: exact second order, float64, slow)")
-    parser.add_argument("--meta-iters", type=_positive_int, default=30000, help="outer iterations")
-    parser.add_argument("--inner-iters", type=_positive_int, default=5, help="inner SGD steps per task")
-    parser.add_argument("--inner-batch", type=_positive_int, default=10, help="points per inner step")
-    parser.add_argument("--learning-rate", type=float, default=0.02, help="inner SGD learning rate")
-    parser.add_argument("--meta-step", type=float, default=0.1, help="initial outer step size")
-    parser.add_argument("--meta-step-final", type=float, default=0.0, help="final outer step size")
+    add_loop_flags(parser, inner_batch=10, inner_iters=5, learning_rate=0.02, meta_step=0.1,
+                   meta_step_final=0.0, meta_iters=30000)
     parser.add_argument("--eval-tasks", type=_positive_int, default=100, help="held-out tasks to evaluate on")
     parser.add_argument("--no-baselines", action="store_true",
                         help="skip the joint-training run and the random-initialisation row")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--plot", default="sine.png", help="where to write the figure")
     parser.add_argument("--no-plot", action="store_true", help="do not draw the figure")
     parser.add_argument("--json", help="also write the table as JSON to this file")
@@ -101,20 +112,15 @@ def add_paper_flags(parser):
     """supervised-reptile's flags, same names, same defaults (REFERENCE d.1)."""
     paper = parser.add_argument_group("the paper code's flags (supervised-reptile args.py)")
     paper.add_argument("--pretrained", action="store_true", help="evaluate a checkpoint without training")
-    paper.add_argument("--seed", type=int, default=0, help="random seed")
     paper.add_argument("--checkpoint", default="model_checkpoint", help="checkpoint directory")
     paper.add_argument("--classes", type=_positive_int, default=5, help="number of classes per task (N)")
     paper.add_argument("--shots", type=_positive_int, default=5, help="examples per class at evaluation (K)")
     paper.add_argument("--train-shots", type=int, default=0,
                        help="examples per class during meta-training (0: use --shots)")
-    paper.add_argument("--inner-batch", type=_positive_int, default=5, help="inner batch size")
-    paper.add_argument("--inner-iters", type=_positive_int, default=20, help="inner iterations")
+    add_loop_flags(paper, inner_batch=5, inner_iters=20, learning_rate=1e-3, meta_step=0.1,
+                   meta_step_final=0.1, meta_iters=400000)
     paper.add_argument("--replacement", action="store_true", help="sample inner batches with replacement")
-    paper.add_argument("--learning-rate", type=float, default=1e-3, help="inner Adam (or SGD) step size")
-    paper.add_argument("--meta-step", type=float, default=0.1, help="initial outer step size")
-    paper.add_argument("--meta-step-final", type=float, default=0.1, help="final outer step size")
     paper.add_argument("--meta-batch", type=_positive_int, default=1, help="tasks per outer step")
-    paper.add_argument("--meta-iters", type=_positive_int, default=400000, help="outer iterations")
     paper.add_argument("--eval-batch", type=_positive_int, default=5, help="evaluation inner batch size")
     paper.add_argument("--eval-iters", type=int, default=50, help="evaluation inner iterations")
     paper.add_argument("--eval-samples", type=int, default=10000, help="evaluation tasks per split")
