@@ -28,6 +28,13 @@ def _positive_int(text):
     return value
 
 
+def _weights(text):
+    try:
+        return tuple(float(w) for w in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
 def _formatter(prog):
     return argparse.ArgumentDefaultsHelpFormatter(prog, max_help_position=32)
 
@@ -134,6 +141,10 @@ def add_paper_flags(parser):
     paper.add_argument("--foml-tail", type=int, default=None,
                        help="FOMAML: examples per class set aside for the final inner step")
     paper.add_argument("--sgd", action="store_true", help="inner SGD instead of Adam (beta1 = 0)")
+    paper.add_argument("--step-weights", type=_weights, default=None,
+                       help="outer update = this weighted sum of the inner steps, one weight per "
+                            "--inner-iters (paper section 6.2: '1' joint training, '0,1' FOMAML, "
+                            "'1,1' Reptile, '0.5,0.5' their average)")
 
 
 def add_run_flags(parser):
@@ -182,7 +193,7 @@ def config_from_args(args):
         eval_batch_size=args.eval_batch, eval_iters=args.eval_iters,
         eval_interval=args.eval_interval, weight_decay=args.weight_decay,
         transductive=args.transductive, foml=args.foml, foml_tail=args.foml_tail, sgd=args.sgd,
-        seed=args.seed)
+        step_weights=args.step_weights, seed=args.seed)
 
 
 def load_splits(dataset, data_dir, split, seed):

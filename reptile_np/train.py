@@ -46,6 +46,7 @@ class TrainConfig:
     foml: bool = False
     foml_tail: int = None
     sgd: bool = False
+    step_weights: tuple = None       # section 6.2: outer update from a weighted sum of inner steps
     seed: int = 0
 
     @property
@@ -84,6 +85,9 @@ def check_config(config, splits):
                         ("--eval-batch", config.eval_batch_size), ("--eval-interval", config.eval_interval)):
         if value < 1:
             raise ValueError(f"{flag} must be at least 1, got {value}.")
+    if config.step_weights is not None and (config.foml or len(config.step_weights) != config.inner_iters):
+        raise ValueError(f"--step-weights needs one weight per inner iteration "
+                         f"({config.inner_iters}), got {len(config.step_weights)}, and no --foml.")
     if config.foml_tail is not None and config.foml_tail >= config.shots_for_training:
         raise ValueError(f"--foml-tail {config.foml_tail} must be smaller than the "
                          f"{config.shots_for_training} training shots.")
@@ -97,6 +101,9 @@ def meta_iteration(model, theta, optimizer, train_split, config, iteration):
     epsilon = meta.meta_step_size(iteration, config.meta_iters, config.meta_step_size,
                                   config.meta_step_size_final)
     common = dict(replacement=config.replacement, weight_decay=config.weight_decay)
+    if config.step_weights is not None:
+        return meta.combination_step(model, theta, tasks, optimizer, rng, config.inner_batch_size,
+                                     config.inner_iters, epsilon, config.step_weights, **common)
     if config.foml:
         return meta.fomaml_step(model, theta, tasks, optimizer, rng, config.inner_batch_size,
                                 config.inner_iters, epsilon, tail_shots=config.foml_tail, **common)

@@ -167,3 +167,21 @@ def test_cli_help_lists_the_paper_flags():
                  "--foml-tail", "--sgd", "--resume", "--checkpoint-every", "--log", "--backend",
                  "--data-dir"):
         assert flag in help_text
+
+
+def test_step_weights_all_ones_is_reptile_and_a_mismatch_is_refused(tmp_path):
+    """Section 6.2 from the command line: '--step-weights 1,1' with SGD is Reptile exactly."""
+    splits = {"train": make_synthetic(6, 4, seed=1), "test": make_synthetic(6, 4, seed=2)}
+    model = models.omniglot_cnn(3)
+    thetas = []
+    for weights in (None, (1.0, 1.0)):
+        config = TrainConfig(num_classes=3, num_shots=2, inner_batch_size=3, inner_iters=2,
+                             meta_batch_size=2, meta_iters=3, eval_interval=100, sgd=True,
+                             learning_rate=0.01, step_weights=weights)
+        theta = model.init(np.random.default_rng(0), np.float64)
+        optimizer = make_optimizer(config, model.num_params, np.float64)
+        thetas.append(meta_train(model, theta, optimizer, splits, config))
+    np.testing.assert_allclose(thetas[1], thetas[0], rtol=0, atol=1e-12)
+    done = run_cli("train", *SMALL, "--meta-iters", "2", "--eval-samples", "0", "--step-weights",
+                   "1", "--checkpoint", str(tmp_path / "c"))
+    assert done.returncode == 2 and "--step-weights" in done.stderr
