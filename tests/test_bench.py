@@ -1,0 +1,58 @@
+"""Smoke test of the benchmark harness: one quick workload, no PyTorch or JAX.
+
+Checks that `python bench/run.py` completes on our backends alone, says what to install
+for the missing frameworks, and writes JSON lines with the expected keys (not timings).
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+RESULT_KEYS = {"kind", "workload", "framework", "backend", "unit", "dtype", "threads",
+               "inner_steps_per_unit", "repeats", "first_call_s", "burn_in_s", "units_per_repeat",
+               "s_per_unit", "units_per_s", "ms_per_inner_step", "flops_per_unit", "gflop_s",
+               "compile_s", "parity", "info", "peak_rss_mb", "other_cpu"}
+SPREAD_KEYS = {"median", "min", "max", "q1", "q3"}
+
+
+def test_quick_sine_bench_runs_without_torch_or_jax(tmp_path):
+    # Packages named torch and jax that fail to import hide any installed ones.
+    hidden = tmp_path / "hidden"
+    for name in ("torch", "jax"):
+        (hidden / name).mkdir(parents=True)
+        (hidden / name / "__init__.py").write_text(f"raise ImportError('{name} hidden by the test')\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(hidden), str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--workloads", "sine",
+         "--frameworks", "numba,numpy,torch,torch-tuned,jax", "--threads", "1",
+         "--out-dir", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    # One line per missing framework, naming what to install.
+    missing_lines = [line for line in proc.stdout.splitlines() if "is not installed" in line]
+    assert len(missing_lines) == 2, proc.stdout
+    assert any("pip install torch" in line for line in missing_lines)
+    assert any("pip install jax" in line for line in missing_lines)
+
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    kinds = [r["kind"] for r in records]
+    assert kinds[0] == "env" and "ceiling" in kinds
+    results = [r for r in records if r["kind"] == "result"]
+    assert sorted(r["framework"] for r in results) == ["numba", "numpy"]
+    for r in results:
+        assert RESULT_KEYS <= set(r), RESULT_KEYS - set(r)
+        assert SPREAD_KEYS <= set(r["s_per_unit"])
+        assert r["workload"] == "sine" and r["unit"] == "meta-iteration"
+        assert r["inner_steps_per_unit"] == 5 and r["threads"] == 1
+        assert r["backend"] in ("numba", "numpy")
+    numba_row = next(r for r in results if r["framework"] == "numba")
+    assert numba_row["parity"]["ok"]   # the Numba backend matches the NumPy reference
+    assert {r["module"] for r in records if r["kind"] == "missing"} == {"torch", "jax"}
+    markdown = (out / "results.md").read_text()
+    assert "| numba" in markdown and "Targets of the speed issue" in markdown
