@@ -14,7 +14,7 @@ setup(
     packages=find_packages(include=["reptile_np", "reptile_np.*"]),
     install_requires=["numpy>=1.22", "numba>=0.57"],
     extras_require={
-        "test": ["pytest>=7"],
+        "test": ["pytest>=7", "threadpoolctl>=3"],
         "torch": ["torch>=2.0"],
         "plot": ["matplotlib>=3.5"],
         "data": ["Pillow>=9.1"],

@@ -13,6 +13,7 @@ import time
 import numpy as np
 
 from . import __version__, kernels
+from .runtime import keep_freed_memory
 
 DATASETS = ("omniglot", "miniimagenet", "synthetic")
 
@@ -349,6 +350,7 @@ def build_parser():
 def main(argv=None):
     """Run the command; user errors become one line on stderr and exit status 2."""
     args = build_parser().parse_args(argv)
+    keep_freed_memory()
     try:
         return args.run(args)
     except (CommandError, ValueError, ImportError, FloatingPointError, OSError) as error:

@@ -162,20 +162,23 @@ class Conv2d(Layer):
                 kernels.reference.output_size(w, k, s, left, right))
 
     def forward(self, params, x):
-        """x: (N, C, H, W) -> y: (N, O, OH, OW), y = conv(x, W) + b[None, :, None, None]."""
+        """x: (N, C, H, W) -> y: (N, O, OH, OW), y = conv(x, W) + b[None, :, None, None].
+
+        The cache keeps what the weight gradient needs (x, or the Numba backend's
+        im2col patches of x; see `kernels.conv2d_forward_saving`)."""
         w, b = params
         pad = self.pad(x.shape[2], x.shape[3])
-        y = kernels.conv2d_forward(x, w, self.stride, pad)
+        y, saved = kernels.conv2d_forward_saving(x, w, self.stride, pad)
         y += b[None, :, None, None]
-        return y, (x, pad)
+        return y, (x.shape, pad, saved)
 
     def backward(self, params, cache, dy):
         """dy: (N, O, OH, OW) -> dx (N, C, H, W), dW (O, C, KH, KW), db = sum_{n,h,w} dy (O,)."""
         w, _ = params
-        x, pad = cache
-        dx = kernels.conv2d_backward_input(dy, w, x.shape, self.stride, pad)
-        dw = kernels.conv2d_backward_weight(dy, x, w.shape, self.stride, pad)
-        return dx, (dw, dy.sum(axis=(0, 2, 3)))
+        x_shape, pad, saved = cache
+        dx = kernels.conv2d_backward_input(dy, w, x_shape, self.stride, pad)
+        dw = kernels.conv2d_backward_weight_saved(dy, saved, w.shape, self.stride, pad)
+        return dx, (dw, np.einsum("nohw->o", dy))
 
     def __repr__(self):
         return (f"Conv2d({self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
@@ -203,29 +206,34 @@ class BatchNorm2d(Layer):
         return tuple(in_shape)
 
     def forward(self, params, x):
-        """x: (N, C, H, W) -> y = gamma * (x - mean) / sqrt(var + eps) + beta, same shape."""
+        """x: (N, C, H, W) -> y = gamma * (x - mean) / sqrt(var + eps) + beta, same shape.
+
+        Per-channel sums are ``einsum``s (a third of the time of ``sum(axis=(0, 2, 3))``)
+        and x_hat is built in place: two temporaries instead of five."""
         gamma, beta = params
-        mean = x.mean(axis=(0, 2, 3), keepdims=True)
-        centered = x - mean
-        var = np.mean(centered * centered, axis=(0, 2, 3), keepdims=True)
+        count = x.shape[0] * x.shape[2] * x.shape[3]
+        mean = np.einsum("nchw->c", x) / count
+        x_hat = x - mean[None, :, None, None]
+        var = np.einsum("nchw,nchw->c", x_hat, x_hat) / count
         inv_std = 1.0 / np.sqrt(var + x.dtype.type(self.eps))
-        x_hat = centered * inv_std
-        y = x_hat * gamma[None, :, None, None] + beta[None, :, None, None]
+        x_hat *= inv_std[None, :, None, None]
+        y = x_hat * gamma[None, :, None, None]
+        y += beta[None, :, None, None]
         return y, (x_hat, inv_std)
 
     def backward(self, params, cache, dy):
         """dy: (N, C, H, W) -> dx, (dgamma, dbeta), with M = N*H*W values per channel:
         dgamma = sum dy*x_hat, dbeta = sum dy,
-        dx = inv_std * (g - mean(g) - x_hat * mean(g * x_hat)) where g = dy * gamma."""
+        dx = gamma * inv_std * (dy - dbeta/M - x_hat * dgamma/M)."""
         gamma, _ = params
         x_hat, inv_std = cache
-        dgamma = np.sum(dy * x_hat, axis=(0, 2, 3))
-        dbeta = dy.sum(axis=(0, 2, 3))
-        g = dy * gamma[None, :, None, None]
+        dgamma = np.einsum("nchw,nchw->c", dy, x_hat)
+        dbeta = np.einsum("nchw->c", dy)
         count = dy.shape[0] * dy.shape[2] * dy.shape[3]
-        mean_g = (dbeta * gamma / count)[None, :, None, None]
-        mean_g_xhat = (dgamma * gamma / count)[None, :, None, None]
-        dx = inv_std * (g - mean_g - x_hat * mean_g_xhat)
+        dx = x_hat * (-dgamma / count)[None, :, None, None]
+        dx += dy
+        dx -= (dbeta / count)[None, :, None, None]
+        dx *= (gamma * inv_std)[None, :, None, None]
         return dx, (dgamma, dbeta)
 
     def __repr__(self):

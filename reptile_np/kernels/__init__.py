@@ -67,6 +67,28 @@ def conv2d_backward_weight(dy, x, w_shape, stride, pad):
     return _current["module"].conv2d_backward_weight(dy, x, w_shape, stride, pad)
 
 
+def conv2d_forward_saving(x, w, stride, pad):
+    """`conv2d_forward`, plus ``saved``: what `conv2d_backward_weight_saved` will need.
+
+    The NumPy backend saves x itself. The Numba backend saves x's im2col patch
+    matrix, so the weight gradient reuses the forward pass's gather.
+    """
+    module = _current["module"]
+    if module is reference:
+        return reference.conv2d_forward(x, w, stride, pad), (reference, x)
+    y, patches = module.conv2d_forward_and_patches(x, w, stride, pad)
+    return y, (module, patches)
+
+
+def conv2d_backward_weight_saved(dy, saved, w_shape, stride, pad):
+    """`conv2d_backward_weight` from the ``saved`` of `conv2d_forward_saving` (by the
+    backend that saved it, even if the backend was switched in between)."""
+    module, kept = saved
+    if module is reference:
+        return reference.conv2d_backward_weight(dy, kept, w_shape, stride, pad)
+    return module.conv2d_backward_weight_from_patches(dy, kept, w_shape)
+
+
 def maxpool2d_forward(x, size, stride, pad):
     """Max-pooling with winner indices; see `reference.maxpool2d_forward`."""
     return _current["module"].maxpool2d_forward(x, size, stride, pad)

@@ -1,0 +1,313 @@
+"""Numba twins of the kernels in `reference.py`: same signatures, same results.
+
+A convolution is lowered to matrix products. A Numba kernel gathers the input
+windows into a patch matrix ("im2col"), BLAS multiplies it with the weights, and a
+Numba kernel adds input gradients back onto the pixels they came from ("col2im").
+The patch matrix has one of two layouts, whichever makes the gather's contiguous
+runs longer:
+
+* *columns*, (N, C*KH*KW, OH*OW), one matrix per example: runs along an output
+  row (OW values), for few channels on big images (first layers, Mini-ImageNet's
+  stride-1 layers); the products are per example and land in NCHW directly;
+* *rows*, (N*OH*OW, KH*KW*C): runs along the channels (C values), for many
+  channels on small images (Omniglot's later layers); one product for the batch.
+
+`conv2d_forward_and_patches` also returns the patch matrix, and
+`conv2d_backward_weight_from_patches` reuses it, so a training step gathers each
+input once (``kernels.conv2d_forward_saving`` is how the layers use this). Max-
+pooling is plain loops. Public functions are Python glue: they allocate, call
+the jitted cores below and BLAS (``@``), and reshape.
+
+Threads. The jitted cores are serial on purpose. The matrix products hold most
+of the arithmetic and BLAS runs them on its own thread pool; a second pool of
+Numba workers (which spin-wait after every parallel loop) fights it for the
+cores: on 2 cores, ``prange`` over the batch made an Omniglot step take 56 ms
+instead of 2.6 ms with 2 Numba and 2 BLAS threads, and gained nothing with one
+BLAS thread. So results are bit-identical for any ``numba.set_num_threads(k)``
+by construction. Across
+BLAS thread counts: OpenBLAS splits a sum longer than its block size (448 terms
+for float32 here) into blocks differently when threaded, so every product here
+sums over at most `BLAS_REDUCTION_CHUNK` terms per BLAS call and adds the partial
+products in a fixed order; float32 results are then identical for 1 and 2 BLAS
+threads (``tests/test_kernels.py`` checks the paper's layer shapes). float64
+results are not: OpenBLAS's double-precision kernels change the summation order
+with the way threads split the output, for sums of any length.
+
+Environment, read once at import: ``REPTILE_NP_FASTMATH=1`` compiles the cores
+with ``fastmath=True`` (faster, no longer equal to the reference to the last bit;
+such builds are not cached, since Numba's cache index ignores compiler flags and
+would serve one kind for the other); ``REPTILE_NP_NUMBA_CACHE=0`` turns Numba's
+on-disk cache off. The cache lives next to this file (or in ``NUMBA_CACHE_DIR``);
+clear it with ``find reptile_np -name '*.nb[ic]' -delete``.
+"""
+import os
+
+import numpy as np
+from numba import njit
+
+from .reference import output_size
+
+FASTMATH = os.environ.get("REPTILE_NP_FASTMATH", "0").strip() == "1"
+CACHE = os.environ.get("REPTILE_NP_NUMBA_CACHE", "1").strip() != "0" and not FASTMATH
+_JIT_OPTIONS = {"cache": CACHE, "fastmath": FASTMATH, "error_model": "numpy"}
+
+BLAS_REDUCTION_CHUNK = 256
+"""Most terms one BLAS call sums over (see "Threads" above)."""
+
+
+@njit(**_JIT_OPTIONS)
+def _swap_leading_axes(a):
+    """(A, B, P) -> contiguous (B, A, P)."""
+    size_a, size_b, _ = a.shape
+    out = np.empty((size_b, size_a, a.shape[2]), dtype=a.dtype)
+    for ia in range(size_a):
+        for ib in range(size_b):
+            out[ib, ia, :] = a[ia, ib, :]
+    return out
+
+
+@njit(**_JIT_OPTIONS)
+def _transpose_last_two(a):
+    """(N, A, B) -> contiguous (N, B, A)."""
+    batch, size_a, size_b = a.shape
+    out = np.empty((batch, size_b, size_a), dtype=a.dtype)
+    for n in range(batch):
+        for ia in range(size_a):
+            for ib in range(size_b):
+                out[n, ib, ia] = a[n, ia, ib]
+    return out
+
+
+@njit(**_JIT_OPTIONS)
+def _im2col_columns(x, kh, kw, stride, pad_top, pad_left, out_h, out_w):
+    """Columns (N, C*KH*KW, OH*OW): ``cols[n, (c, i, j), (p, q)] = xpad[n, c, p*s + i, q*s + j]``.
+
+    Padding is never materialised: cells outside x are written as zeros.
+    """
+    batch, channels, height, width = x.shape
+    cols = np.empty((batch, channels, kh, kw, out_h, out_w), dtype=x.dtype)
+    for n in range(batch):
+        for c in range(channels):
+            for i in range(kh):
+                for j in range(kw):
+                    for p in range(out_h):
+                        ih = p * stride + i - pad_top
+                        for q in range(out_w):
+                            iw = q * stride + j - pad_left
+                            inside = 0 <= ih < height and 0 <= iw < width
+                            cols[n, c, i, j, p, q] = x[n, c, ih, iw] if inside else 0
+    return cols.reshape(batch, channels * kh * kw, out_h * out_w)
+
+
+@njit(**_JIT_OPTIONS)
+def _col2im_columns(columns, height, width, kh, kw, stride, pad_top, pad_left, out_h, out_w):
+    """Adjoint of `_im2col_columns`: every entry is added onto the pixel it was read from."""
+    batch, channels = columns.shape[0], columns.shape[1] // (kh * kw)
+    cols = columns.reshape(batch, channels, kh, kw, out_h, out_w)
+    dx = np.zeros((batch, channels, height, width), dtype=cols.dtype)
+    for n in range(batch):
+        for c in range(channels):
+            for i in range(kh):
+                for j in range(kw):
+                    for p in range(out_h):
+                        ih = p * stride + i - pad_top
+                        if 0 <= ih < height:
+                            for q in range(out_w):
+                                iw = q * stride + j - pad_left
+                                if 0 <= iw < width:
+                                    dx[n, c, ih, iw] += cols[n, c, i, j, p, q]
+    return dx
+
+
+@njit(**_JIT_OPTIONS)
+def _im2col_rows(x, kh, kw, stride, pad_top, pad_left, out_h, out_w):
+    """Rows (N*OH*OW, KH*KW*C): ``rows[(n, p, q), (i, j, c)] = xpad[n, c, p*s + i, q*s + j]``."""
+    batch, channels, height, width = x.shape
+    rows = np.empty((batch, out_h, out_w, kh, kw, channels), dtype=x.dtype)
+    for n in range(batch):
+        for p in range(out_h):
+            for q in range(out_w):
+                for i in range(kh):
+                    ih = p * stride + i - pad_top
+                    for j in range(kw):
+                        iw = q * stride + j - pad_left
+                        if 0 <= ih < height and 0 <= iw < width:
+                            for c in range(channels):
+                                rows[n, p, q, i, j, c] = x[n, c, ih, iw]
+                        else:
+                            rows[n, p, q, i, j, :] = 0
+    return rows.reshape(batch * out_h * out_w, kh * kw * channels)
+
+
+@njit(**_JIT_OPTIONS)
+def _col2im_rows(patch_rows, batch, height, width, kh, kw, stride, pad_top, pad_left,
+                 out_h, out_w):
+    """Adjoint of `_im2col_rows`: every entry is added onto the pixel it was read from."""
+    channels = patch_rows.shape[1] // (kh * kw)
+    rows = patch_rows.reshape(batch, out_h, out_w, kh, kw, channels)
+    dx = np.zeros((batch, channels, height, width), dtype=rows.dtype)
+    for n in range(batch):
+        for p in range(out_h):
+            for q in range(out_w):
+                for i in range(kh):
+                    ih = p * stride + i - pad_top
+                    for j in range(kw):
+                        iw = q * stride + j - pad_left
+                        if 0 <= ih < height and 0 <= iw < width:
+                            for c in range(channels):
+                                dx[n, c, ih, iw] += rows[n, p, q, i, j, c]
+    return dx
+
+
+def _uses_rows(channels, out_w):
+    """Rows layout when a channel run is longer than an output row (see the module docstring)."""
+    return channels > out_w
+
+
+def _product(a, b):
+    """``a @ b`` as `np.matmul` (stacks broadcast), summing over at most
+    `BLAS_REDUCTION_CHUNK` terms per BLAS call and adding the chunks in order."""
+    length = a.shape[-1]
+    chunks = -(-length // BLAS_REDUCTION_CHUNK)
+    bounds = [length * k // chunks for k in range(chunks + 1)]
+    out = a[..., :bounds[1]] @ b[..., :bounds[1], :]
+    for start, stop in zip(bounds[1:-1], bounds[2:]):
+        out += a[..., start:stop] @ b[..., start:stop, :]
+    return out
+
+
+def _weights_for_rows(w):
+    """(O, C, KH, KW) -> (O, KH*KW*C), the weight matrix matching the rows layout."""
+    return np.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(w.shape[0], -1)
+
+
+def _by_channel(dy):
+    """(N, O, OH, OW) -> contiguous (O, N*OH*OW)."""
+    batch, out_ch = dy.shape[:2]
+    return _swap_leading_axes(dy.reshape(batch, out_ch, -1)).reshape(out_ch, -1)
+
+
+def conv2d_forward_and_patches(x, w, stride, pad):
+    """`conv2d_forward`, also returning x's patch matrix for `conv2d_backward_weight_from_patches`.
+
+    Rows layout: (N*OH*OW, K) x (K, O), then a transpose to NCHW. Columns layout:
+    one (O, K) x (K, OH*OW) product per example, which lands in NCHW directly.
+    """
+    x = np.ascontiguousarray(x)
+    w = w.astype(x.dtype, copy=False)
+    batch, channels, height, width = x.shape
+    out_ch, _, kh, kw = w.shape
+    out_h = output_size(height, kh, stride, pad[0], pad[1])
+    out_w = output_size(width, kw, stride, pad[2], pad[3])
+    if _uses_rows(channels, out_w):
+        patches = _im2col_rows(x, kh, kw, stride, pad[0], pad[2], out_h, out_w)
+        y = _product(patches, np.ascontiguousarray(_weights_for_rows(w).T))
+        y = _transpose_last_two(y.reshape(batch, out_h * out_w, out_ch))
+    else:
+        patches = _im2col_columns(x, kh, kw, stride, pad[0], pad[2], out_h, out_w)
+        y = _product(w.reshape(out_ch, -1), patches)
+    return y.reshape(batch, out_ch, out_h, out_w), patches
+
+
+def conv2d_forward(x, w, stride, pad):
+    """Twin of `reference.conv2d_forward`: im2col, then matrix products with the weights."""
+    return conv2d_forward_and_patches(x, w, stride, pad)[0]
+
+
+def conv2d_backward_input(dy, w, x_shape, stride, pad):
+    """Twin of `reference.conv2d_backward_input`: weights^T x dy, then col2im."""
+    dy = np.ascontiguousarray(dy)
+    w = w.astype(dy.dtype, copy=False)
+    batch, channels, height, width = x_shape
+    out_ch, _, kh, kw = w.shape
+    out_h, out_w = dy.shape[2], dy.shape[3]
+    geometry = (kh, kw, stride, pad[0], pad[2], out_h, out_w)
+    if _uses_rows(channels, out_w):
+        patches = _product(_by_channel(dy).T, _weights_for_rows(w))
+        return _col2im_rows(patches, batch, height, width, *geometry)
+    patches = _product(w.reshape(out_ch, -1).T, dy.reshape(batch, out_ch, -1))
+    return _col2im_columns(patches, height, width, *geometry)
+
+
+def conv2d_backward_weight_from_patches(dy, patches, w_shape):
+    """Weight gradient dy x patches^T from the patches of `conv2d_forward_and_patches`."""
+    dy = np.ascontiguousarray(dy, dtype=patches.dtype)
+    out_ch, channels, kh, kw = w_shape
+    if _uses_rows(channels, dy.shape[3]):
+        dw = _product(_by_channel(dy), patches).reshape(out_ch, kh, kw, channels)
+        return np.ascontiguousarray(dw.transpose(0, 3, 1, 2))
+    per_example = _product(dy.reshape(dy.shape[0], out_ch, -1), patches.transpose(0, 2, 1))
+    return per_example.sum(axis=0).reshape(w_shape)
+
+
+def conv2d_backward_weight(dy, x, w_shape, stride, pad):
+    """Twin of `reference.conv2d_backward_weight`: im2col of x, then dy x patches^T."""
+    x = np.ascontiguousarray(x, dtype=dy.dtype)
+    _, _, kh, kw = w_shape
+    out_h, out_w = dy.shape[2], dy.shape[3]
+    im2col = _im2col_rows if _uses_rows(x.shape[1], out_w) else _im2col_columns
+    patches = im2col(x, kh, kw, stride, pad[0], pad[2], out_h, out_w)
+    return conv2d_backward_weight_from_patches(dy, patches, w_shape)
+
+
+@njit(**_JIT_OPTIONS)
+def _maxpool_forward(x, size, stride, pad_top, pad_left, out_h, out_w, lowest):
+    """Window maxima and winning taps; ``lowest`` is -inf in x's dtype.
+
+    Taps are scanned in row-major order and only a strictly larger value (or a
+    first NaN, as `np.argmax`) replaces the winner, so ties keep the first tap.
+    Cells outside x count as ``lowest``. The updates are selects, not branches:
+    on random data a branch per tap is mispredicted half the time.
+    """
+    batch, channels, height, width = x.shape
+    y = np.empty((batch, channels, out_h, out_w), dtype=x.dtype)
+    argmax = np.empty((batch, channels, out_h, out_w), dtype=np.int8)
+    for n in range(batch):
+        for c in range(channels):
+            for p in range(out_h):
+                for q in range(out_w):
+                    best, best_tap = lowest, 0
+                    for i in range(size):
+                        ih = p * stride + i - pad_top
+                        for j in range(size):
+                            iw = q * stride + j - pad_left
+                            inside = (0 <= ih) & (ih < height) & (0 <= iw) & (iw < width)
+                            value = x[n, c, ih, iw] if inside else lowest
+                            better = (value > best) | ((value != value) & (best == best))
+                            best = value if better else best
+                            best_tap = i * size + j if better else best_tap
+                    y[n, c, p, q] = best
+                    argmax[n, c, p, q] = best_tap
+    return y, argmax
+
+
+@njit(**_JIT_OPTIONS)
+def _maxpool_backward(dy, argmax, height, width, size, stride, pad_top, pad_left):
+    """Each window's gradient added onto its winning cell (dropped if that cell is padding)."""
+    batch, channels, out_h, out_w = dy.shape
+    dx = np.zeros((batch, channels, height, width), dtype=dy.dtype)
+    for n in range(batch):
+        for c in range(channels):
+            for p in range(out_h):
+                for q in range(out_w):
+                    tap = argmax[n, c, p, q]
+                    ih = p * stride + tap // size - pad_top
+                    iw = q * stride + tap % size - pad_left
+                    if 0 <= ih < height and 0 <= iw < width:
+                        dx[n, c, ih, iw] += dy[n, c, p, q]
+    return dx
+
+
+def maxpool2d_forward(x, size, stride, pad):
+    """Twin of `reference.maxpool2d_forward`."""
+    x = np.ascontiguousarray(x)
+    out_h = output_size(x.shape[2], size, stride, pad[0], pad[1])
+    out_w = output_size(x.shape[3], size, stride, pad[2], pad[3])
+    lowest = x.dtype.type(-np.inf)
+    return _maxpool_forward(x, size, stride, pad[0], pad[2], out_h, out_w, lowest)
+
+
+def maxpool2d_backward(dy, argmax, x_shape, size, stride, pad):
+    """Twin of `reference.maxpool2d_backward`."""
+    return _maxpool_backward(np.ascontiguousarray(dy), np.ascontiguousarray(argmax),
+                             x_shape[2], x_shape[3], size, stride, pad[0], pad[2])

@@ -1,0 +1,368 @@
+"""The Numba kernels (`kernels.fast`) against the NumPy reference (`kernels.reference`).
+
+Same values on random odd shapes, strides and paddings in float64 and float32 (both
+patch layouts, and the weight gradient from the forward pass's saved patches); the
+same max-pool winners, with ties and padding pinned by hand; the same bits whatever
+the Numba or BLAS thread count; the jitted cores equal to their own Python source;
+the backend switch routing every kernel to the chosen module; the JIT settings read
+from the environment. ``REPTILE_NP_TEST_SEED`` draws other random shapes.
+"""
+import os
+import subprocess
+import sys
+
+import numba
+import numpy as np
+import pytest
+
+from reptile_np import kernels
+from reptile_np.kernels import reference
+from reptile_np.layers import same_padding
+
+fast = pytest.importorskip("reptile_np.kernels.fast")
+
+SEED = int(os.environ.get("REPTILE_NP_TEST_SEED", "0"))
+needs_jit = pytest.mark.skipif(numba.config.DISABLE_JIT,
+                               reason="NUMBA_DISABLE_JIT=1: nothing is compiled")
+TOLERANCE = {np.float64: 1e-12, np.float32: 1e-5}
+DTYPES = [np.float64, np.float32]
+
+
+@pytest.fixture
+def restore_backend():
+    previous = kernels.get_backend()
+    yield
+    kernels.set_backend(previous)
+
+
+def assert_close(actual, expected):
+    """Equal dtype and shape, max |actual - expected| <= tolerance * max |expected|."""
+    assert actual.dtype == expected.dtype and actual.shape == expected.shape
+    scale = max(float(np.max(np.abs(expected), initial=0.0)), np.finfo(expected.dtype).tiny)
+    error = float(np.max(np.abs(actual - expected), initial=0.0))
+    assert error <= TOLERANCE[expected.dtype.type] * scale, f"relative error {error / scale:.3g}"
+
+
+def same_pad(h, w, k, s):
+    return same_padding(h, k, s) + same_padding(w, k, s)
+
+
+def conv_output_shape(case):
+    n, c, h, w, out_ch, k, s, pad = case
+    return (n, out_ch, reference.output_size(h, k, s, pad[0], pad[1]),
+            reference.output_size(w, k, s, pad[2], pad[3]))
+
+
+def _random_conv_cases(count, seed):
+    rng = np.random.default_rng(seed)
+    cases = []
+    for _ in range(count):
+        n, c, out_ch = rng.integers(1, 5), rng.integers(1, 6), rng.integers(1, 6)
+        h, w = rng.integers(5, 14, size=2)
+        k, s = rng.integers(1, 4), rng.integers(1, 3)
+        pads = [(0, 0, 0, 0), (1, 1, 1, 1), (0, 1, 0, 1), (1, 0, 2, 1), same_pad(h, w, k, s)]
+        pad = pads[rng.integers(len(pads))]
+        cases.append((int(n), int(c), int(h), int(w), int(out_ch), int(k), int(s),
+                      tuple(int(p) for p in pad)))
+    return cases
+
+
+CONV_CASES = [  # (N, C, H, W, O, k, stride, (top, bottom, left, right))
+    (2, 3, 7, 6, 4, 3, 1, (1, 1, 1, 1)),
+    (3, 2, 9, 8, 5, 3, 2, (0, 1, 0, 1)),
+    (1, 1, 5, 5, 2, 1, 1, (0, 0, 0, 0)),
+    (4, 5, 13, 11, 3, 2, 2, (1, 0, 2, 1)),
+    (2, 1, 28, 28, 4, 3, 2, same_pad(28, 28, 3, 2)),    # Omniglot's first layer
+    (2, 16, 7, 7, 5, 3, 2, same_pad(7, 7, 3, 2)),       # many channels: the rows layout
+    (3, 9, 6, 5, 4, 3, 1, (1, 1, 1, 1)),
+    (2, 6, 5, 5, 3, 1, 2, (0, 1, 0, 1)),
+    (1, 3, 5, 6, 2, 3, 2, (2, 2, 3, 3)),                # padding wider than the kernel reach
+] + _random_conv_cases(12, SEED)
+
+
+def test_conv_cases_cover_both_patch_layouts():
+    layouts = {fast._uses_rows(case[1], conv_output_shape(case)[3]) for case in CONV_CASES}
+    assert layouts == {True, False}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+@pytest.mark.parametrize("case", CONV_CASES, ids=str)
+def test_conv2d_kernels_match_reference(case, dtype):
+    n, c, h, w, out_ch, k, s, pad = case
+    rng = np.random.default_rng(SEED)
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    weight = rng.standard_normal((out_ch, c, k, k)).astype(dtype)
+    dy = rng.standard_normal(conv_output_shape(case)).astype(dtype)
+    assert_close(fast.conv2d_forward(x, weight, s, pad),
+                 reference.conv2d_forward(x, weight, s, pad))
+    assert_close(fast.conv2d_backward_input(dy, weight, x.shape, s, pad),
+                 reference.conv2d_backward_input(dy, weight, x.shape, s, pad))
+    assert_close(fast.conv2d_backward_weight(dy, x, weight.shape, s, pad),
+                 reference.conv2d_backward_weight(dy, x, weight.shape, s, pad))
+
+
+@pytest.mark.parametrize("case", CONV_CASES[:9], ids=str)
+def test_weight_gradient_from_saved_patches_matches_reference(case):
+    n, c, h, w, out_ch, k, s, pad = case
+    rng = np.random.default_rng(SEED)
+    x = rng.standard_normal((n, c, h, w))
+    weight = rng.standard_normal((out_ch, c, k, k))
+    dy = rng.standard_normal(conv_output_shape(case))
+    y, patches = fast.conv2d_forward_and_patches(x, weight, s, pad)
+    np.testing.assert_array_equal(y, fast.conv2d_forward(x, weight, s, pad))
+    assert_close(fast.conv2d_backward_weight_from_patches(dy, patches, weight.shape),
+                 reference.conv2d_backward_weight(dy, x, weight.shape, s, pad))
+
+
+@pytest.mark.usefixtures("restore_backend")
+@pytest.mark.parametrize("forward_backend", kernels.BACKENDS)
+@pytest.mark.parametrize("backward_backend", kernels.BACKENDS)
+def test_saved_weight_gradient_survives_a_backend_switch(forward_backend, backward_backend):
+    rng = np.random.default_rng(SEED)
+    x = rng.standard_normal((2, 16, 7, 7))   # many channels: the rows layout
+    weight = rng.standard_normal((5, 16, 3, 3))
+    pad = same_pad(7, 7, 3, 2)
+    kernels.set_backend(forward_backend)
+    y, saved = kernels.conv2d_forward_saving(x, weight, 2, pad)
+    dy = rng.standard_normal(y.shape)
+    kernels.set_backend(backward_backend)
+    assert_close(y, reference.conv2d_forward(x, weight, 2, pad))
+    assert_close(kernels.conv2d_backward_weight_saved(dy, saved, weight.shape, 2, pad),
+                 reference.conv2d_backward_weight(dy, x, weight.shape, 2, pad))
+
+
+def test_conv2d_accepts_non_contiguous_inputs():
+    rng = np.random.default_rng(SEED)
+    x = rng.standard_normal((2, 3, 8, 9))[:, :, ::-1, 1:]
+    weight = rng.standard_normal((4, 3, 3, 3))
+    dy = rng.standard_normal((2, 4, 4, 4)).transpose(0, 1, 3, 2)
+    pad = (0, 1, 0, 1)
+    assert_close(fast.conv2d_forward(x, weight, 2, pad),
+                 reference.conv2d_forward(x, weight, 2, pad))
+    assert_close(fast.conv2d_backward_input(dy, weight, x.shape, 2, pad),
+                 reference.conv2d_backward_input(dy, weight, x.shape, 2, pad))
+    assert_close(fast.conv2d_backward_weight(dy, x, weight.shape, 2, pad),
+                 reference.conv2d_backward_weight(dy, x, weight.shape, 2, pad))
+
+
+def _pool_cases(seed):
+    rng = np.random.default_rng(seed)
+    cases = []
+    for size, stride, padding in [(2, 2, "valid"), (2, 2, "same"), (3, 2, "valid"), (3, 2, "same")]:
+        for _ in range(3):
+            n, c = rng.integers(1, 5), rng.integers(1, 6)
+            h, w = rng.integers(5, 14, size=2)
+            pad = (0, 0, 0, 0) if padding == "valid" else same_pad(h, w, size, stride)
+            cases.append((int(n), int(c), int(h), int(w), size, stride, tuple(int(p) for p in pad)))
+    return cases + [(2, 3, 6, 7, 3, 1, (1, 1, 1, 1)), (1, 2, 5, 5, 2, 2, (1, 0, 1, 0))]
+
+
+POOL_CASES = _pool_cases(SEED)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+@pytest.mark.parametrize("case", POOL_CASES, ids=str)
+def test_maxpool2d_kernels_match_reference(case, dtype):
+    n, c, h, w, size, stride, pad = case
+    rng = np.random.default_rng(SEED)
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)   # continuous: no ties
+    y, argmax = fast.maxpool2d_forward(x, size, stride, pad)
+    y_ref, argmax_ref = reference.maxpool2d_forward(x, size, stride, pad)
+    assert argmax.dtype == np.int8 and y.dtype == dtype
+    np.testing.assert_array_equal(argmax, argmax_ref)
+    np.testing.assert_array_equal(y, y_ref)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    assert_close(fast.maxpool2d_backward(dy, argmax, x.shape, size, stride, pad),
+                 reference.maxpool2d_backward(dy, argmax_ref, x.shape, size, stride, pad))
+
+
+@pytest.mark.parametrize("module", [reference, fast], ids=["numpy", "numba"])
+def test_maxpool_ties_go_to_the_first_maximum_in_row_major_order(module):
+    zeros = np.zeros((1, 1, 4, 4))
+    y, argmax = module.maxpool2d_forward(zeros, 2, 2, (0, 0, 0, 0))
+    np.testing.assert_array_equal(argmax, 0)
+    np.testing.assert_array_equal(y, 0.0)
+
+    x = np.array([[1.0, 3.0, 0.0],
+                  [3.0, 2.0, 3.0],
+                  [0.0, 3.0, 1.0]])[None, None]
+    y, argmax = module.maxpool2d_forward(x, 2, 1, (0, 0, 0, 0))
+    np.testing.assert_array_equal(argmax[0, 0], [[1, 0], [0, 1]])
+    np.testing.assert_array_equal(y[0, 0], 3.0)
+    y, argmax = module.maxpool2d_forward(x, 3, 1, (0, 0, 0, 0))
+    assert argmax[0, 0, 0, 0] == 1
+    dx = module.maxpool2d_backward(np.ones_like(y), argmax, x.shape, 3, 1, (0, 0, 0, 0))
+    np.testing.assert_array_equal(dx[0, 0], [[0, 1, 0], [0, 0, 0], [0, 0, 0]])
+
+
+@pytest.mark.parametrize("module", [reference, fast], ids=["numpy", "numba"])
+def test_maxpool_padding_never_wins(module):
+    x = np.full((1, 1, 3, 3), -5.0, dtype=np.float32)
+    y, argmax = module.maxpool2d_forward(x, 2, 2, (1, 0, 1, 0))
+    np.testing.assert_array_equal(y, -5.0)
+    assert argmax[0, 0, 0, 0] == 3     # the only real cell of the corner window
+    dx = module.maxpool2d_backward(np.ones_like(y), argmax, x.shape, 2, 2, (1, 0, 1, 0))
+    np.testing.assert_array_equal(dx[0, 0], [[1, 1, 0], [1, 1, 0], [0, 0, 0]])
+
+
+def test_maxpool_nan_wins_as_in_numpy_argmax():
+    x = np.array([[1.0, np.nan], [5.0, np.nan]])[None, None]
+    y, argmax = fast.maxpool2d_forward(x, 2, 2, (0, 0, 0, 0))
+    y_ref, argmax_ref = reference.maxpool2d_forward(x, 2, 2, (0, 0, 0, 0))
+    np.testing.assert_array_equal(argmax, argmax_ref)
+    assert argmax[0, 0, 0, 0] == 1 and np.isnan(y[0, 0, 0, 0]) and np.isnan(y_ref[0, 0, 0, 0])
+
+
+def _all_kernel_outputs(dtype):
+    """Every fast kernel on shapes big enough for BLAS to thread and to sum over > 256 terms."""
+    rng = np.random.default_rng(SEED)
+    outputs = []
+    for n, c, h, out_ch, stride in [(4, 50, 15, 32, 1),    # rows layout, K = 450, N*OH*OW = 900
+                                    (4, 3, 24, 32, 1),     # columns layout, N*OH*OW = 2304
+                                    (10, 1, 28, 64, 2),    # Omniglot's first layer
+                                    (10, 64, 14, 64, 2)]:  # and its second, K = 576
+        x = rng.standard_normal((n, c, h, h)).astype(dtype)
+        weight = rng.standard_normal((out_ch, c, 3, 3)).astype(dtype)
+        pad = same_pad(h, h, 3, stride)
+        y = fast.conv2d_forward(x, weight, stride, pad)
+        dy = rng.standard_normal(y.shape).astype(dtype)
+        outputs += [y, fast.conv2d_backward_input(dy, weight, x.shape, stride, pad),
+                    fast.conv2d_backward_weight(dy, x, weight.shape, stride, pad)]
+    x = rng.standard_normal((4, 8, 13, 13)).astype(dtype)
+    y, argmax = fast.maxpool2d_forward(x, 3, 2, (1, 1, 1, 1))
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    return outputs + [y, argmax, fast.maxpool2d_backward(dy, argmax, x.shape, 3, 2, (1, 1, 1, 1))]
+
+
+def _assert_same_bits(first, second):
+    assert len(first) == len(second)
+    for a, b in zip(first, second):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        np.testing.assert_array_equal(a, b)
+
+
+@needs_jit
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+def test_results_do_not_depend_on_the_numba_thread_count(dtype):
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("Numba runs with a single thread here")
+    previous = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = _all_kernel_outputs(dtype)
+        numba.set_num_threads(2)
+        two = _all_kernel_outputs(dtype)
+    finally:
+        numba.set_num_threads(previous)
+    _assert_same_bits(one, two)
+
+
+@pytest.mark.parametrize("dtype", [
+    np.float32,
+    pytest.param(np.float64, marks=pytest.mark.xfail(
+        reason="OpenBLAS's double-precision kernels sum in an order that depends on how the "
+               "threads split the output, even for short sums", strict=False)),
+], ids=lambda d: d.__name__)
+@needs_jit
+def test_results_do_not_depend_on_the_blas_thread_count(dtype):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    with threadpoolctl.threadpool_limits(1, user_api="blas"):
+        one = _all_kernel_outputs(dtype)
+    with threadpoolctl.threadpool_limits(2, user_api="blas"):
+        two = _all_kernel_outputs(dtype)
+    _assert_same_bits(one, two)
+
+
+def _core_calls():
+    """(jitted core, arguments) on tiny float32 inputs covering padding and both strides."""
+    rng = np.random.default_rng(SEED)
+    x = rng.standard_normal((2, 3, 5, 6)).astype(np.float32)
+    geometry = (3, 3, 2, 1, 0, 3, 3)            # kh, kw, stride, pad top, pad left, out_h, out_w
+    columns = rng.standard_normal((2, 27, 9)).astype(np.float32)
+    rows = rng.standard_normal((18, 27)).astype(np.float32)
+    pooled = rng.standard_normal((2, 3, 3, 3)).astype(np.float32)
+    argmax = rng.integers(0, 4, size=(2, 3, 3, 3)).astype(np.int8)
+    return [
+        (fast._swap_leading_axes, (x[0],)),
+        (fast._transpose_last_two, (x[0],)),
+        (fast._im2col_columns, (x,) + geometry),
+        (fast._im2col_rows, (x,) + geometry),
+        (fast._col2im_columns, (columns, 5, 6) + geometry),
+        (fast._col2im_rows, (rows, 2, 5, 6) + geometry),
+        (fast._maxpool_forward, (x, 2, 2, 0, 1, 3, 3, np.float32(-np.inf))),
+        (fast._maxpool_backward, (pooled, argmax, 5, 6, 2, 2, 0, 1)),
+    ]
+
+
+CORE_CALLS = _core_calls()
+
+
+@needs_jit
+@pytest.mark.parametrize("core, args", CORE_CALLS, ids=[core.__name__ for core, _ in CORE_CALLS])
+def test_jitted_cores_equal_their_python_source(core, args):
+    compiled, interpreted = core(*args), core.py_func(*args)
+    if not isinstance(compiled, tuple):
+        compiled, interpreted = (compiled,), (interpreted,)
+    _assert_same_bits(compiled, interpreted)
+
+
+@pytest.mark.usefixtures("restore_backend")
+@pytest.mark.parametrize("name, module", [("numpy", reference), ("numba", fast)])
+def test_set_backend_routes_every_kernel_to_its_module(monkeypatch, name, module):
+    assert kernels.set_backend(name) == name
+    assert kernels.get_backend() == name
+    for kernel in kernels.KERNELS:
+        monkeypatch.setattr(module, kernel, lambda *args, kernel=kernel: (name, kernel))
+    x = np.zeros((1, 1, 4, 4))
+    w = np.zeros((1, 1, 3, 3))
+    pad = (1, 1, 1, 1)
+    assert kernels.conv2d_forward(x, w, 1, pad) == (name, "conv2d_forward")
+    assert kernels.conv2d_backward_input(x, w, x.shape, 1, pad) == (name, "conv2d_backward_input")
+    assert kernels.conv2d_backward_weight(x, x, w.shape, 1, pad) == (name, "conv2d_backward_weight")
+    assert kernels.maxpool2d_forward(x, 2, 2, pad) == (name, "maxpool2d_forward")
+    assert kernels.maxpool2d_backward(x, x, x.shape, 2, 2, pad) == (name, "maxpool2d_backward")
+
+
+@pytest.mark.usefixtures("restore_backend")
+def test_conv2d_forward_saving_keeps_patches_on_numba_and_the_input_on_numpy():
+    x = np.random.default_rng(SEED).standard_normal((1, 2, 5, 5))
+    w = np.ones((3, 2, 3, 3))
+    kernels.set_backend("numpy")
+    _, (module, kept) = kernels.conv2d_forward_saving(x, w, 1, (1, 1, 1, 1))
+    assert module is reference and kept is x
+    kernels.set_backend("numba")
+    _, (module, kept) = kernels.conv2d_forward_saving(x, w, 1, (1, 1, 1, 1))
+    assert module is fast and kept.shape == (1, 2 * 3 * 3, 5 * 5)   # columns layout
+
+
+@pytest.mark.usefixtures("restore_backend")
+def test_set_backend_rejects_unknown_names():
+    with pytest.raises(ValueError, match="backend must be one of"):
+        kernels.set_backend("cuda")
+
+
+def _jit_settings_in_a_fresh_process(**environment):
+    """(FASTMATH, CACHE, fastmath flag, cache class) of `fast` imported with ``environment``."""
+    probe = ("from reptile_np.kernels import fast; core = fast._im2col_columns; "
+             "print(fast.FASTMATH, fast.CACHE, core.targetoptions['fastmath'], "
+             "type(core._cache).__name__)")
+    env = dict(os.environ, **environment)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True,
+                            text=True, check=True, cwd=root)
+    return result.stdout.split()
+
+
+@needs_jit
+def test_jit_settings_default_to_cached_and_exact():
+    assert _jit_settings_in_a_fresh_process(REPTILE_NP_FASTMATH="", REPTILE_NP_NUMBA_CACHE="") \
+        == ["False", "True", "False", "FunctionCache"]
+
+
+@needs_jit
+@pytest.mark.parametrize("environment, expected", [
+    ({"REPTILE_NP_FASTMATH": "1"}, ["True", "False", "True", "NullCache"]),
+    ({"REPTILE_NP_NUMBA_CACHE": "0"}, ["False", "False", "False", "NullCache"]),
+])
+def test_jit_settings_follow_the_environment(environment, expected):
+    assert _jit_settings_in_a_fresh_process(**environment) == expected
