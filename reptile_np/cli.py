@@ -166,20 +166,19 @@ def add_run_flags(parser):
 
 
 def add_train_parsers(subparsers):
-    train = subparsers.add_parser(
-        "train", formatter_class=_formatter, help="meta-train on few-shot classification",
-        description="Meta-train Reptile (or FOMAML with --foml) with the paper code's flags, "
-                    "checkpointing as it goes, then evaluate on every split.")
-    add_paper_flags(train)
-    add_run_flags(train)
-    train.set_defaults(run=run_train)
-    evaluate = subparsers.add_parser(
-        "eval", formatter_class=_formatter, help="evaluate a checkpoint (same as train --pretrained)",
-        description="Evaluate the checkpoint in --checkpoint on every split, both as the paper "
-                    "code does with --pretrained.")
-    add_paper_flags(evaluate)
-    add_run_flags(evaluate)
-    evaluate.set_defaults(run=run_train, pretrained=True)
+    commands = (
+        ("train", False, "meta-train on few-shot classification",
+         "Meta-train Reptile (or FOMAML with --foml) with the paper code's flags, "
+         "checkpointing as it goes, then evaluate on every split."),
+        ("eval", True, "evaluate a checkpoint (same as train --pretrained)",
+         "Evaluate the checkpoint in --checkpoint on every split, as the paper code does "
+         "with --pretrained."))
+    for name, pretrained, summary, description in commands:
+        parser = subparsers.add_parser(name, formatter_class=_formatter, help=summary,
+                                       description=description)
+        add_paper_flags(parser)
+        add_run_flags(parser)
+        parser.set_defaults(run=run_train, pretrained=pretrained)
 
 
 def config_from_args(args):
