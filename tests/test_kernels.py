@@ -366,3 +366,22 @@ def test_jit_settings_default_to_cached_and_exact():
 ])
 def test_jit_settings_follow_the_environment(environment, expected):
     assert _jit_settings_in_a_fresh_process(**environment) == expected
+
+
+def test_without_numba_everything_runs_on_numpy():
+    """Numba is optional: when it cannot be imported the NumPy kernels take over, with
+    one warning naming the package to install, and a model still trains."""
+    code = ("import sys, warnings; sys.modules['numba'] = None\n"
+            "with warnings.catch_warnings(record=True) as caught:\n"
+            "    warnings.simplefilter('always')\n"
+            "    from reptile_np import kernels, models\n"
+            "import numpy as np\n"
+            "model = models.omniglot_cnn(5)\n"
+            "theta = model.init(np.random.default_rng(0))\n"
+            "loss, grad = model.loss_and_grad(theta, np.ones((5, 1, 28, 28), np.float32), np.arange(5))\n"
+            "print(kernels.get_backend(), np.isfinite(grad).all(), len(caught), 'pip install numba' in str(caught[0].message))\n")
+    env = dict(os.environ, REPTILE_NP_BACKEND="numba")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["numpy", "True", "1", "True"]
