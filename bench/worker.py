@@ -282,9 +282,11 @@ def main():
                         help="seconds for the timed stage (0: 3 quick, 40 full)")
     parser.add_argument("--iterations", type=int, default=20, help="units of the train command")
     # Every framework gets the allocator setting `reptile-np` itself uses (page faults on
-    # freed temporaries otherwise dominate small steps), so the comparison stays fair.
-    from reptile_np.runtime import keep_freed_memory
-    keep_freed_memory()
+    # freed temporaries otherwise dominate small steps), so the comparison stays fair;
+    # BENCH_GLIBC_DEFAULTS=1 measures every framework as installed instead.
+    if os.environ.get("BENCH_GLIBC_DEFAULTS") != "1":
+        from reptile_np.runtime import keep_freed_memory
+        keep_freed_memory()
     args = parser.parse_args()
     if args.framework not in ("numba", "numpy"):
         # The parity reference and the data helpers use our NumPy kernels; keep Numba
