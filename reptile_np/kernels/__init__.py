@@ -99,4 +99,7 @@ def maxpool2d_backward(dy, argmax, x_shape, size, stride, pad):
     return _current["module"].maxpool2d_backward(dy, argmax, x_shape, size, stride, pad)
 
 
-set_backend(os.environ.get("REPTILE_NP_BACKEND", "numba").strip().lower() or "numba")
+_requested = os.environ.get("REPTILE_NP_BACKEND", "numba").strip().lower() or "numba"
+if _requested not in BACKENDS:
+    raise ValueError(f"REPTILE_NP_BACKEND must be one of {BACKENDS}, got {_requested!r}.")
+set_backend(_requested)
