@@ -108,9 +108,9 @@ def test_weight_gradient_from_saved_patches_matches_reference(case):
     x = rng.standard_normal((n, c, h, w))
     weight = rng.standard_normal((out_ch, c, k, k))
     dy = rng.standard_normal(conv_output_shape(case))
-    y, patches = fast.conv2d_forward_and_patches(x, weight, s, pad)
+    y, patches = fast.conv2d_forward_saving(x, weight, s, pad)
     np.testing.assert_array_equal(y, fast.conv2d_forward(x, weight, s, pad))
-    assert_close(fast.conv2d_backward_weight_from_patches(dy, patches, weight.shape),
+    assert_close(fast.conv2d_backward_weight_saved(dy, patches, weight.shape, s, pad),
                  reference.conv2d_backward_weight(dy, x, weight.shape, s, pad))
 
 
@@ -321,6 +321,9 @@ def test_set_backend_routes_every_kernel_to_its_module(monkeypatch, name, module
     assert kernels.conv2d_backward_weight(x, x, w.shape, 1, pad) == (name, "conv2d_backward_weight")
     assert kernels.maxpool2d_forward(x, 2, 2, pad) == (name, "maxpool2d_forward")
     assert kernels.maxpool2d_backward(x, x, x.shape, 2, 2, pad) == (name, "maxpool2d_backward")
+    assert kernels.conv2d_forward_saving(x, w, 1, pad) == (name, (module, "conv2d_forward_saving"))
+    assert (kernels.conv2d_backward_weight_saved(x, (module, x), w.shape, 1, pad)
+            == (name, "conv2d_backward_weight_saved"))
 
 
 @pytest.mark.usefixtures("restore_backend")

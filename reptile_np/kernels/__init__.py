@@ -16,6 +16,7 @@ from . import reference
 
 BACKENDS = ("numpy", "numba")
 KERNELS = ("conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight",
+           "conv2d_forward_saving", "conv2d_backward_weight_saved",
            "maxpool2d_forward", "maxpool2d_backward")
 
 _current = {"name": None, "module": None}
@@ -68,25 +69,18 @@ def conv2d_backward_weight(dy, x, w_shape, stride, pad):
 
 
 def conv2d_forward_saving(x, w, stride, pad):
-    """`conv2d_forward`, plus ``saved``: what `conv2d_backward_weight_saved` will need.
-
-    The NumPy backend saves x itself. The Numba backend saves x's im2col patch
-    matrix, so the weight gradient reuses the forward pass's gather.
-    """
+    """`conv2d_forward`, plus ``saved``: what `conv2d_backward_weight_saved` will need
+    (x for NumPy, its im2col patches for Numba), tagged with the backend that saved it."""
     module = _current["module"]
-    if module is reference:
-        return reference.conv2d_forward(x, w, stride, pad), (reference, x)
-    y, patches = module.conv2d_forward_and_patches(x, w, stride, pad)
-    return y, (module, patches)
+    y, saved = module.conv2d_forward_saving(x, w, stride, pad)
+    return y, (module, saved)
 
 
 def conv2d_backward_weight_saved(dy, saved, w_shape, stride, pad):
-    """`conv2d_backward_weight` from the ``saved`` of `conv2d_forward_saving` (by the
-    backend that saved it, even if the backend was switched in between)."""
+    """`conv2d_backward_weight` from the ``saved`` of `conv2d_forward_saving`, by the
+    backend that saved it (even if the backend was switched in between)."""
     module, kept = saved
-    if module is reference:
-        return reference.conv2d_backward_weight(dy, kept, w_shape, stride, pad)
-    return module.conv2d_backward_weight_from_patches(dy, kept, w_shape)
+    return module.conv2d_backward_weight_saved(dy, kept, w_shape, stride, pad)
 
 
 def maxpool2d_forward(x, size, stride, pad):

@@ -12,9 +12,9 @@ runs longer:
 * *rows*, (N*OH*OW, KH*KW*C): runs along the channels (C values), for many
   channels on small images (Omniglot's later layers); one product for the batch.
 
-`conv2d_forward_and_patches` also returns the patch matrix, and
-`conv2d_backward_weight_from_patches` reuses it, so a training step gathers each
-input once (``kernels.conv2d_forward_saving`` is how the layers use this). Max-
+`conv2d_forward_saving` also returns the patch matrix, and
+`conv2d_backward_weight_saved` reuses it, so a training step gathers each input
+once (the NumPy twins save x itself). Max-
 pooling is plain loops. Public functions are Python glue: they allocate, call
 the jitted cores below and BLAS (``@``), and reshape.
 
@@ -187,8 +187,8 @@ def _by_channel(dy):
     return _swap_leading_axes(dy.reshape(batch, out_ch, -1)).reshape(out_ch, -1)
 
 
-def conv2d_forward_and_patches(x, w, stride, pad):
-    """`conv2d_forward`, also returning x's patch matrix for `conv2d_backward_weight_from_patches`.
+def conv2d_forward_saving(x, w, stride, pad):
+    """Twin of `reference.conv2d_forward_saving`: the saved value is x's patch matrix.
 
     Rows layout: (N*OH*OW, K) x (K, O), then a transpose to NCHW. Columns layout:
     one (O, K) x (K, OH*OW) product per example, which lands in NCHW directly.
@@ -211,7 +211,7 @@ def conv2d_forward_and_patches(x, w, stride, pad):
 
 def conv2d_forward(x, w, stride, pad):
     """Twin of `reference.conv2d_forward`: im2col, then matrix products with the weights."""
-    return conv2d_forward_and_patches(x, w, stride, pad)[0]
+    return conv2d_forward_saving(x, w, stride, pad)[0]
 
 
 def conv2d_backward_input(dy, w, x_shape, stride, pad):
@@ -229,8 +229,9 @@ def conv2d_backward_input(dy, w, x_shape, stride, pad):
     return _col2im_columns(patches, height, width, *geometry)
 
 
-def conv2d_backward_weight_from_patches(dy, patches, w_shape):
-    """Weight gradient dy x patches^T from the patches of `conv2d_forward_and_patches`."""
+def conv2d_backward_weight_saved(dy, patches, w_shape, stride, pad):
+    """Twin of `reference.conv2d_backward_weight_saved`: dy x patches^T, from the patches
+    `conv2d_forward_saving` saved (``stride`` and ``pad`` are already in them)."""
     dy = np.ascontiguousarray(dy, dtype=patches.dtype)
     out_ch, channels, kh, kw = w_shape
     if _uses_rows(channels, dy.shape[3]):
@@ -247,7 +248,7 @@ def conv2d_backward_weight(dy, x, w_shape, stride, pad):
     out_h, out_w = dy.shape[2], dy.shape[3]
     im2col = _im2col_rows if _uses_rows(x.shape[1], out_w) else _im2col_columns
     patches = im2col(x, kh, kw, stride, pad[0], pad[2], out_h, out_w)
-    return conv2d_backward_weight_from_patches(dy, patches, w_shape)
+    return conv2d_backward_weight_saved(dy, patches, w_shape, stride, pad)
 
 
 @njit(**_JIT_OPTIONS)

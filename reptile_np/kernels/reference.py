@@ -108,6 +108,21 @@ def conv2d_backward_weight(dy, x, w_shape, stride, pad):
     return dw
 
 
+def conv2d_forward_saving(x, w, stride, pad):
+    """`conv2d_forward`, plus what `conv2d_backward_weight_saved` needs: here x itself.
+
+    Returns:
+        (y, saved); the Numba twin saves x's im2col patches instead, so that its weight
+        gradient reuses the forward pass's gather.
+    """
+    return conv2d_forward(x, w, stride, pad), x
+
+
+def conv2d_backward_weight_saved(dy, saved, w_shape, stride, pad):
+    """`conv2d_backward_weight` from the ``saved`` of `conv2d_forward_saving`."""
+    return conv2d_backward_weight(dy, saved, w_shape, stride, pad)
+
+
 def maxpool2d_forward(x, size, stride, pad):
     """Max-pooling over size x size windows; padded cells are -inf and never win.
 
