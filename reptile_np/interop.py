@@ -207,6 +207,52 @@ def torch_loss_and_grad(module, x, y, loss="cross_entropy", reduction="sum"):
     return value.detach().numpy()[()], grads
 
 
+def torch_reptile_step(model, theta, tasks, task_batches, epsilon, lr, inner_optimizer="adam",
+                       beta2=0.999, eps=1e-8, reduction="sum"):
+    """One Reptile meta-iteration computed with PyTorch autograd, to check ours against.
+
+    The same algorithm as `reptile_np.meta.reptile_step`, written independently on
+    torch tensors: for each task, start from theta, take one step per batch (SGD, or
+    TensorFlow-form Adam with beta1 = 0 whose state starts at zero and carries from task
+    to task), then interpolate ``theta + epsilon * (mean(phis) - theta)``.
+
+    Args:
+        model, theta: our model and flat parameters (float64 for a tight comparison).
+        tasks: list of ``(x, y)``.
+        task_batches: for each task, its list of index arrays (the batches our run drew).
+        epsilon: outer step size. lr: inner learning rate.
+        inner_optimizer: "adam" or "sgd".
+
+    Returns:
+        The new flat theta as a numpy array.
+    """
+    torch = _torch()
+    if inner_optimizer not in ("adam", "sgd"):
+        raise ValueError(f"inner_optimizer must be 'adam' or 'sgd', got {inner_optimizer!r}.")
+    module = torch_twin(model, theta)
+    params = list(module.parameters())
+    start = [p.detach().clone() for p in params]
+    second_moment = [torch.zeros_like(p) for p in params]
+    step_count, phis = 0, []
+    for (x, y), batches in zip(tasks, task_batches):
+        with torch.no_grad():
+            for p, p0 in zip(params, start):
+                p.copy_(p0)
+        for batch in batches:
+            torch_loss_and_grad(module, x[batch], y[batch], model.loss_name, reduction)
+            step_count += 1
+            with torch.no_grad():
+                for p, v in zip(params, second_moment):
+                    if inner_optimizer == "sgd":
+                        p -= lr * p.grad
+                    else:
+                        v.mul_(beta2).add_((1 - beta2) * p.grad * p.grad)
+                        p -= lr * (1 - beta2 ** step_count) ** 0.5 * p.grad / (v.sqrt() + eps)
+        phis.append(torch.nn.utils.parameters_to_vector(params).detach().clone())
+    initial = torch.nn.utils.parameters_to_vector(start)
+    return (initial + epsilon * (torch.stack(phis).mean(dim=0) - initial)).numpy()
+
+
 class ParityRow(NamedTuple):
     """One compared quantity: ``error`` is relative (`rel_error`) unless ``check`` says absolute."""
     name: str
