@@ -278,25 +278,29 @@ def run_train(args):
 
 # --------------------------------------------------------------------------- checks and data
 
+def add_model_flags(parser, run):
+    """--model (one of the paper's networks) and --seed, for the per-model tools."""
+    from .models import MODELS
+    parser.add_argument("--model", choices=sorted(MODELS), default="omniglot", help="network")
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.set_defaults(run=run)
+
+
 def add_tool_parsers(subparsers):
     check = subparsers.add_parser(
         "gradcheck", formatter_class=_formatter,
         help="check every hand-written gradient of a model against finite differences",
         description="Compare the model's analytic gradient with centred finite differences "
                     "in float64, tensor by tensor; exit status 1 if any check fails.")
-    check.add_argument("--model", choices=("omniglot", "miniimagenet", "sine"), default="omniglot")
-    check.add_argument("--seed", type=int, default=0, help="random seed")
-    check.set_defaults(run=run_gradcheck)
+    add_model_flags(check, run_gradcheck)
 
     golden = subparsers.add_parser(
         "export-golden", formatter_class=_formatter,
         help="write weights, a batch, the loss and every gradient to one .npz",
         description="Write a framework-neutral golden file (see the README) so another "
                     "implementation can be tested against ours without PyTorch.")
-    golden.add_argument("--model", choices=("omniglot", "miniimagenet", "sine"), default="omniglot")
+    add_model_flags(golden, run_export_golden)
     golden.add_argument("--out", default="golden.npz", help="output file")
-    golden.add_argument("--seed", type=int, default=0, help="random seed")
-    golden.set_defaults(run=run_export_golden)
 
     fetch = subparsers.add_parser(
         "fetch-data", formatter_class=_formatter, help="download and prepare a data set",
