@@ -80,7 +80,7 @@ def layer_times(model, theta, x, y, repeats):
         _, dout = losses.softmax_cross_entropy(out, y, "sum")
         for k in reversed(range(len(model.layers))):
             start = time.perf_counter()
-            dout, _ = model.layers[k].backward(params[k], caches[k], dout)
+            dout, _ = model.layers[k].backward(params[k], caches[k], dout, input_grad=k > 0)
             backward[k] = min(backward[k], 1e6 * (time.perf_counter() - start))
     return forward, backward
 

@@ -210,7 +210,7 @@ def zero_gradient_tensors(model):
 def _kink_pattern(layer, cache):
     """What decides the linear piece a layer is on: ReLU's mask, max-pool's winners."""
     if isinstance(layer, ReLU):
-        return cache
+        return cache > 0       # the cache is ReLU's output
     if isinstance(layer, MaxPool2d):
         return cache[0]
     return None

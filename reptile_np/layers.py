@@ -6,8 +6,10 @@ One contract for every layer:
   PyTorch layout and PyTorch ``state_dict`` order;
 * ``layer.forward(params, x) -> (y, cache)`` -- ``params`` is a tuple of arrays in
   that order; ``cache`` holds exactly what the backward pass needs;
-* ``layer.backward(params, cache, dy) -> (dx, dparams)`` -- ``dparams`` is a tuple
-  matching ``params``;
+* ``layer.backward(params, cache, dy, input_grad=True) -> (dx, dparams)`` --
+  ``dparams`` is a tuple matching ``params``; with ``input_grad=False`` a layer with
+  parameters may skip dx and return None (a model's first layer: nothing upstream
+  needs it, and for a convolution it is a third of the layer's work);
 * ``layer.init(rng, dtype) -> params`` and ``layer.output_shape(in_shape)`` (shapes
   without the batch axis).
 
@@ -82,11 +84,11 @@ class Linear(Layer):
         w, b = params
         return x @ w.T + b, x
 
-    def backward(self, params, cache, dy):
+    def backward(self, params, cache, dy, input_grad=True):
         """dy: (N, out) -> dx = dy W (N, in); dW = dy^T x (out, in); db = sum_n dy (out,)."""
         w, _ = params
         x = cache
-        return dy @ w, (dy.T @ x, dy.sum(axis=0))
+        return (dy @ w if input_grad else None), (dy.T @ x, dy.sum(axis=0))
 
     def __repr__(self):
         return f"Linear({self.in_features}, {self.out_features})"
@@ -172,11 +174,11 @@ class Conv2d(Layer):
         y += b[None, :, None, None]
         return y, (x.shape, pad, saved)
 
-    def backward(self, params, cache, dy):
+    def backward(self, params, cache, dy, input_grad=True):
         """dy: (N, O, OH, OW) -> dx (N, C, H, W), dW (O, C, KH, KW), db = sum_{n,h,w} dy (O,)."""
         w, _ = params
         x_shape, pad, saved = cache
-        dx = kernels.conv2d_backward_input(dy, w, x_shape, self.stride, pad)
+        dx = kernels.conv2d_backward_input(dy, w, x_shape, self.stride, pad) if input_grad else None
         dw = kernels.conv2d_backward_weight_saved(dy, saved, w.shape, self.stride, pad)
         return dx, (dw, np.einsum("nohw->o", dy))
 
@@ -206,34 +208,19 @@ class BatchNorm2d(Layer):
         return tuple(in_shape)
 
     def forward(self, params, x):
-        """x: (N, C, H, W) -> y = gamma * (x - mean) / sqrt(var + eps) + beta, same shape.
-
-        Per-channel sums are ``einsum``s (a third of the time of ``sum(axis=(0, 2, 3))``)
-        and x_hat is built in place: two temporaries instead of five."""
+        """x: (N, C, H, W) -> y = gamma * (x - mean) / sqrt(var + eps) + beta, same shape;
+        the cache is x_hat = (x - mean) / sqrt(var + eps) and 1 / sqrt(var + eps)."""
         gamma, beta = params
-        count = x.shape[0] * x.shape[2] * x.shape[3]
-        mean = np.einsum("nchw->c", x) / count
-        x_hat = x - mean[None, :, None, None]
-        var = np.einsum("nchw,nchw->c", x_hat, x_hat) / count
-        inv_std = 1.0 / np.sqrt(var + x.dtype.type(self.eps))
-        x_hat *= inv_std[None, :, None, None]
-        y = x_hat * gamma[None, :, None, None]
-        y += beta[None, :, None, None]
+        y, x_hat, inv_std = kernels.batchnorm2d_forward(x, gamma, beta, self.eps)
         return y, (x_hat, inv_std)
 
-    def backward(self, params, cache, dy):
+    def backward(self, params, cache, dy, input_grad=True):
         """dy: (N, C, H, W) -> dx, (dgamma, dbeta), with M = N*H*W values per channel:
         dgamma = sum dy*x_hat, dbeta = sum dy,
         dx = gamma * inv_std * (dy - dbeta/M - x_hat * dgamma/M)."""
         gamma, _ = params
         x_hat, inv_std = cache
-        dgamma = np.einsum("nchw,nchw->c", dy, x_hat)
-        dbeta = np.einsum("nchw->c", dy)
-        count = dy.shape[0] * dy.shape[2] * dy.shape[3]
-        dx = x_hat * (-dgamma / count)[None, :, None, None]
-        dx += dy
-        dx -= (dbeta / count)[None, :, None, None]
-        dx *= (gamma * inv_std)[None, :, None, None]
+        dx, dgamma, dbeta = kernels.batchnorm2d_backward(dy, x_hat, inv_std, gamma)
         return dx, (dgamma, dbeta)
 
     def __repr__(self):
@@ -244,13 +231,13 @@ class ReLU(Layer):
     """max(x, 0) elementwise."""
 
     def forward(self, params, x):
-        """y = max(x, 0); the cache is the mask x > 0."""
-        mask = x > 0
-        return x * mask, mask
+        """y = max(x, 0); the cache is y (y > 0 exactly where x > 0)."""
+        y = kernels.relu_forward(x)
+        return y, y
 
-    def backward(self, params, cache, dy):
+    def backward(self, params, cache, dy, input_grad=True):
         """dx = dy where x > 0, else 0 (the subgradient 0 at x = 0, as PyTorch)."""
-        return dy * cache, ()
+        return kernels.relu_backward(dy, cache), ()
 
 
 class Tanh(Layer):
@@ -261,7 +248,7 @@ class Tanh(Layer):
         y = np.tanh(x)
         return y, y
 
-    def backward(self, params, cache, dy):
+    def backward(self, params, cache, dy, input_grad=True):
         """dx = dy * (1 - y^2)."""
         return dy * (1 - cache * cache), ()
 
@@ -300,7 +287,7 @@ class MaxPool2d(Layer):
         y, argmax = kernels.maxpool2d_forward(x, self.size, self.stride, pad)
         return y, (argmax, x.shape, pad)
 
-    def backward(self, params, cache, dy):
+    def backward(self, params, cache, dy, input_grad=True):
         """dx: each window's dy goes to the input cell that won it (the first maximum on ties)."""
         argmax, x_shape, pad = cache
         return kernels.maxpool2d_backward(dy, argmax, x_shape, self.size, self.stride, pad), ()
@@ -319,6 +306,6 @@ class Flatten(Layer):
         """Reshape to (N, features); the cache is the input shape."""
         return x.reshape(x.shape[0], -1), x.shape
 
-    def backward(self, params, cache, dy):
+    def backward(self, params, cache, dy, input_grad=True):
         """dx = dy reshaped back to the input shape."""
         return dy.reshape(cache), ()

@@ -115,7 +115,8 @@ class Sequential:
         """Loss and its gradient with respect to ``theta``, a flat vector of theta's layout.
 
         The forward pass keeps each layer's cache; the backward pass walks the layers
-        in reverse and writes each layer's parameter gradients into its slice of ``grad``.
+        in reverse and writes each layer's parameter gradients into its slice of ``grad``
+        (the first layer skips its input gradient).
         """
         out = self._check_x(theta, x)
         y = self._check_y(theta, out, y)
@@ -126,10 +127,11 @@ class Sequential:
             caches.append(cache)
         loss, dout = LOSSES[self.loss_name](out, y, reduction)
         grad = np.empty_like(theta)
-        for layer, params, cache, spans in zip(self.layers[::-1], layer_params[::-1],
-                                               caches[::-1], self._spans[::-1]):
-            dout, dparams = layer.backward(params, cache, dout)
-            for (start, stop, _), value in zip(spans, dparams):
+        for index in reversed(range(len(self.layers))):
+            # Nothing needs the gradient with respect to the input batch itself.
+            dout, dparams = self.layers[index].backward(layer_params[index], caches[index], dout,
+                                                        input_grad=index > 0)
+            for (start, stop, _), value in zip(self._spans[index], dparams):
                 grad[start:stop] = value.ravel()
         return loss, grad
 

@@ -11,6 +11,8 @@ two policies of REFERENCE a.1 are one line each in the training loop:
 """
 import numpy as np
 
+from . import kernels
+
 
 class SGD:
     """Plain gradient descent, ``params -= lr * grad`` (the paper code's ``--sgd``)."""
@@ -50,6 +52,8 @@ class Adam:
     The bias correction is folded into the step size and ``eps`` is added to the
     uncorrected ``sqrt(v)`` -- TF's order; PyTorch adds eps after correcting v. The
     paper uses ``beta1 = 0`` (momentum hurt), so ``m`` is just the last gradient.
+    As in TF, the constants (and ``1 - beta``) are in the parameters' dtype. The
+    update itself is `kernels.adam_update`.
 
     Args:
         num_params: length of the flat parameter vector.
@@ -78,13 +82,10 @@ class Adam:
             raise ValueError(f"params are {params.dtype} but the Adam state is {self.dtype}; "
                              f"construct Adam(..., dtype=np.{params.dtype}).")
         self.t += 1
-        beta1, beta2 = self.beta1, self.beta2
-        step_size = self.lr * np.sqrt(1 - beta2 ** self.t) / (1 - beta1 ** self.t)
-        self.m *= beta1
-        self.m += (1 - beta1) * grad
-        self.v *= beta2
-        self.v += (1 - beta2) * grad * grad
-        params -= params.dtype.type(step_size) * self.m / (np.sqrt(self.v) + params.dtype.type(self.eps))
+        step_size = self.lr * np.sqrt(1 - self.beta2 ** self.t) / (1 - self.beta1 ** self.t)
+        scalar = self.dtype.type
+        kernels.adam_update(params, grad, self.m, self.v, scalar(step_size), scalar(self.beta1),
+                            scalar(self.beta2), scalar(self.eps))
 
     def snapshot(self):
         """A copy of the state: ``{"m": ..., "v": ..., "t": ...}``."""

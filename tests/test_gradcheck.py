@@ -71,9 +71,9 @@ def _scaled_backward(cls, monkeypatch, scale_param=None, scale_dx=False):
     """Monkeypatch ``cls.backward`` to scale one parameter gradient (or dx) by 1.01."""
     original = cls.backward
 
-    def backward(self, params, cache, dy):
-        dx, dparams = original(self, params, cache, dy)
-        if scale_dx:
+    def backward(self, params, cache, dy, input_grad=True):
+        dx, dparams = original(self, params, cache, dy, input_grad)
+        if scale_dx and dx is not None:
             dx = dx * 1.01
         if scale_param is not None:
             dparams = tuple(d * 1.01 if i == scale_param else d for i, d in enumerate(dparams))
@@ -115,8 +115,8 @@ def test_zero_gradient_tensor_check_can_fail(numpy_backend, rng, monkeypatch):
     assert rows[1].name == "0.bias" and rows[1].note == ZERO_GRAD_NOTE
 
     original = Conv2d.backward
-    monkeypatch.setattr(Conv2d, "backward", lambda self, params, cache, dy: (
-        lambda dx, dp: (dx, (dp[0], dp[1] + 1e-6)))(*original(self, params, cache, dy)))
+    monkeypatch.setattr(Conv2d, "backward", lambda self, params, cache, dy, input_grad=True: (
+        lambda dx, dp: (dx, (dp[0], dp[1] + 1e-6)))(*original(self, params, cache, dy, input_grad)))
     rows = check_model(model, theta, x, y, rng)
     assert [row.name for row in rows if not row.passed] == ["0.bias"], format_table(rows)
 

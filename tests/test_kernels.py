@@ -7,6 +7,7 @@ the Numba or BLAS thread count; the jitted cores equal to their own Python sourc
 the backend switch routing every kernel to the chosen module; the JIT settings read
 from the environment. ``REPTILE_NP_TEST_SEED`` draws other random shapes.
 """
+import copy
 import os
 import subprocess
 import sys
@@ -213,6 +214,59 @@ def test_maxpool_nan_wins_as_in_numpy_argmax():
     assert argmax[0, 0, 0, 0] == 1 and np.isnan(y[0, 0, 0, 0]) and np.isnan(y_ref[0, 0, 0, 0])
 
 
+BATCHNORM_SHAPES = [(2, 3, 5, 4), (10, 64, 14, 14), (1, 2, 1, 1), (3, 5, 3, 7), (4, 1, 9, 2)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+@pytest.mark.parametrize("shape", BATCHNORM_SHAPES, ids=str)
+def test_batchnorm_kernels_match_reference(shape, dtype):
+    rng = np.random.default_rng(SEED)
+    x = (3.0 * rng.standard_normal(shape) + 2.0).astype(dtype)
+    gamma, beta = (rng.standard_normal(shape[1]).astype(dtype) for _ in range(2))
+    dy = rng.standard_normal(shape).astype(dtype)
+    forward = fast.batchnorm2d_forward(x, gamma, beta, 1e-3)
+    forward_ref = reference.batchnorm2d_forward(x, gamma, beta, 1e-3)
+    for actual, expected in zip(forward, forward_ref):
+        assert_close(actual, expected)
+    x_hat, inv_std = forward_ref[1:]
+    for actual, expected in zip(fast.batchnorm2d_backward(dy, x_hat, inv_std, gamma),
+                                reference.batchnorm2d_backward(dy, x_hat, inv_std, gamma)):
+        assert_close(actual, expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+def test_relu_kernels_match_reference_to_the_bit(dtype):
+    rng = np.random.default_rng(SEED)
+    x = rng.standard_normal((3, 4, 5, 6)).astype(dtype)
+    x.flat[:5] = [0.0, -0.0, np.nan, -np.inf, np.inf]
+    y, y_ref = fast.relu_forward(x), reference.relu_forward(x)
+    _assert_same_bits([y], [y_ref])
+    np.testing.assert_array_equal(y.flat[:5], [0.0, 0.0, np.nan, 0.0, np.inf])
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    dx = fast.relu_backward(dy, y)
+    _assert_same_bits([dx], [reference.relu_backward(dy, y_ref)])
+    np.testing.assert_array_equal(dx, np.where(x > 0, dy, 0))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+@pytest.mark.parametrize("beta1", [0.0, 0.9])
+def test_adam_kernels_match_reference_to_the_bit(dtype, beta1):
+    rng = np.random.default_rng(SEED)
+    size = 1003
+    states = []
+    for module in (reference, fast):
+        params, m, v = (rng.standard_normal(size).astype(dtype) for _ in range(3))
+        states.append((module, params, m, np.abs(v)))
+        rng = np.random.default_rng(SEED)
+    scalars = [dtype(value) for value in (1e-3 * np.sqrt(1 - 0.999 ** 3), beta1, 0.999, 1e-8)]
+    grads = [rng.standard_normal(size).astype(dtype) for _ in range(3)]
+    for module, params, m, v in states:
+        for grad in grads:
+            module.adam_update(params, grad, m, v, *scalars)
+    (_, *updated), (_, *updated_ref) = states
+    _assert_same_bits(updated, updated_ref)
+
+
 def _all_kernel_outputs(dtype):
     """Every fast kernel on shapes big enough for BLAS to thread and to sum over > 256 terms."""
     rng = np.random.default_rng(SEED)
@@ -231,7 +285,11 @@ def _all_kernel_outputs(dtype):
     x = rng.standard_normal((4, 8, 13, 13)).astype(dtype)
     y, argmax = fast.maxpool2d_forward(x, 3, 2, (1, 1, 1, 1))
     dy = rng.standard_normal(y.shape).astype(dtype)
-    return outputs + [y, argmax, fast.maxpool2d_backward(dy, argmax, x.shape, 3, 2, (1, 1, 1, 1))]
+    outputs += [y, argmax, fast.maxpool2d_backward(dy, argmax, x.shape, 3, 2, (1, 1, 1, 1))]
+    gamma, beta = rng.standard_normal((2, x.shape[1])).astype(dtype)
+    y, x_hat, inv_std = fast.batchnorm2d_forward(x, gamma, beta, 1e-3)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    return outputs + [y, x_hat, inv_std, *fast.batchnorm2d_backward(dy, x_hat, inv_std, gamma)]
 
 
 def _assert_same_bits(first, second):
@@ -289,8 +347,17 @@ def _core_calls():
         (fast._im2col_rows, (x,) + geometry),
         (fast._col2im_columns, (columns, 5, 6) + geometry),
         (fast._col2im_rows, (rows, 2, 5, 6) + geometry),
-        (fast._maxpool_forward, (x, 2, 2, 0, 1, 3, 3, np.float32(-np.inf))),
-        (fast._maxpool_backward, (pooled, argmax, 5, 6, 2, 2, 0, 1)),
+        (fast._maxpool_forward, (x, 2, 2, 2, 3)),
+        (fast._maxpool_forward, (x, 3, 1, 3, 4)),
+        (fast._maxpool_backward, (pooled, argmax, 6, 6, 2, 2)),
+        (fast._batchnorm_forward, (rows.reshape(2, 9, 27), columns[0, :9, 0], columns[1, :9, 0],
+                                   np.float32(1e-3), np.float32(54))),
+        (fast._batchnorm_backward, (rows.reshape(2, 9, 27), columns.reshape(2, 9, 27),
+                                    np.abs(columns[0, :9, 0]), columns[1, :9, 0], np.float32(54))),
+        (fast._relu_forward, (rows.ravel(),)),
+        (fast._relu_backward, (columns.ravel(), rows.ravel())),
+        (fast._adam_update, (rows[0].copy(), rows[1], rows[2].copy(), np.abs(rows[3]),
+                             *(np.float32(value) for value in (1e-3, 0.0, 0.999, 1.0, 0.001, 1e-8)))),
     ]
 
 
@@ -300,10 +367,15 @@ CORE_CALLS = _core_calls()
 @needs_jit
 @pytest.mark.parametrize("core, args", CORE_CALLS, ids=[core.__name__ for core, _ in CORE_CALLS])
 def test_jitted_cores_equal_their_python_source(core, args):
-    compiled, interpreted = core(*args), core.py_func(*args)
+    """Same returned arrays, and the same bits in the arguments a core updates in place."""
+    compiled_args, interpreted_args = copy.deepcopy(args), copy.deepcopy(args)
+    compiled, interpreted = core(*compiled_args), core.py_func(*interpreted_args)
     if not isinstance(compiled, tuple):
         compiled, interpreted = (compiled,), (interpreted,)
-    _assert_same_bits(compiled, interpreted)
+    arrays = [a for a in compiled_args if isinstance(a, np.ndarray)]
+    arrays_ref = [a for a in interpreted_args if isinstance(a, np.ndarray)]
+    _assert_same_bits([a for a in compiled if a is not None] + arrays,
+                      [a for a in interpreted if a is not None] + arrays_ref)
 
 
 @pytest.mark.usefixtures("restore_backend")
@@ -324,6 +396,11 @@ def test_set_backend_routes_every_kernel_to_its_module(monkeypatch, name, module
     assert kernels.conv2d_forward_saving(x, w, 1, pad) == (name, (module, "conv2d_forward_saving"))
     assert (kernels.conv2d_backward_weight_saved(x, (module, x), w.shape, 1, pad)
             == (name, "conv2d_backward_weight_saved"))
+    assert kernels.batchnorm2d_forward(x, w, w, 1e-3) == (name, "batchnorm2d_forward")
+    assert kernels.batchnorm2d_backward(x, x, w, w) == (name, "batchnorm2d_backward")
+    assert kernels.relu_forward(x) == (name, "relu_forward")
+    assert kernels.relu_backward(x, x) == (name, "relu_backward")
+    assert kernels.adam_update(x, x, x, x, 1, 0, 0, 0) == (name, "adam_update")
 
 
 @pytest.mark.usefixtures("restore_backend")

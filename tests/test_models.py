@@ -228,3 +228,30 @@ def test_predictions_depend_on_batch_composition(numpy_backend):
     alone = model.forward(theta, x[:2])
     together = model.forward(theta, x)
     assert not np.allclose(alone[:2], together[:2])
+
+
+def test_the_first_layer_skips_its_input_gradient(backend, monkeypatch):
+    """The gradient with respect to the input batch is never computed: the first
+    convolution's backward pass runs with ``input_grad=False`` and returns no dx,
+    and its parameter gradients are those of the full backward pass."""
+    from reptile_np import kernels
+    model = models.omniglot_cnn(5)
+    rng = np.random.default_rng(0)
+    theta = model.init(rng, dtype=np.float64)
+    x, y = rng.random((4, 1, 28, 28)), np.arange(4)
+    calls = []
+    original = kernels.conv2d_backward_input
+    monkeypatch.setattr(kernels, "conv2d_backward_input",
+                        lambda dy, *args: calls.append(dy.shape) or original(dy, *args))
+    model.loss_and_grad(theta, x, y)
+    assert calls == [(4, 64, 2, 2), (4, 64, 4, 4), (4, 64, 7, 7)]
+
+    first = model.layers[0]
+    params = model._layer_params(theta)[0]
+    out, cache = first.forward(params, x)
+    dy = rng.standard_normal(out.shape)
+    dx, dparams = first.backward(params, cache, dy, input_grad=False)
+    full_dx, full_dparams = first.backward(params, cache, dy)
+    assert dx is None and full_dx.shape == x.shape
+    for skipped, full in zip(dparams, full_dparams):
+        np.testing.assert_array_equal(skipped, full)

@@ -17,7 +17,9 @@ from . import reference
 BACKENDS = ("numpy", "numba")
 KERNELS = ("conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight",
            "conv2d_forward_saving", "conv2d_backward_weight_saved",
-           "maxpool2d_forward", "maxpool2d_backward")
+           "maxpool2d_forward", "maxpool2d_backward",
+           "batchnorm2d_forward", "batchnorm2d_backward", "relu_forward", "relu_backward",
+           "adam_update")
 
 _current = {"name": None, "module": None}
 
@@ -91,6 +93,31 @@ def maxpool2d_forward(x, size, stride, pad):
 def maxpool2d_backward(dy, argmax, x_shape, size, stride, pad):
     """Gradient of max-pooling; see `reference.maxpool2d_backward`."""
     return _current["module"].maxpool2d_backward(dy, argmax, x_shape, size, stride, pad)
+
+
+def batchnorm2d_forward(x, gamma, beta, eps):
+    """Batch normalisation with batch statistics; see `reference.batchnorm2d_forward`."""
+    return _current["module"].batchnorm2d_forward(x, gamma, beta, eps)
+
+
+def batchnorm2d_backward(dy, x_hat, inv_std, gamma):
+    """Gradients of batch normalisation; see `reference.batchnorm2d_backward`."""
+    return _current["module"].batchnorm2d_backward(dy, x_hat, inv_std, gamma)
+
+
+def relu_forward(x):
+    """max(x, 0); see `reference.relu_forward`."""
+    return _current["module"].relu_forward(x)
+
+
+def relu_backward(dy, y):
+    """Gradient of ReLU from its output; see `reference.relu_backward`."""
+    return _current["module"].relu_backward(dy, y)
+
+
+def adam_update(params, grad, m, v, step_size, beta1, beta2, eps):
+    """One in-place Adam step (TF1's form); see `reference.adam_update`."""
+    return _current["module"].adam_update(params, grad, m, v, step_size, beta1, beta2, eps)
 
 
 _requested = os.environ.get("REPTILE_NP_BACKEND", "numba").strip().lower() or "numba"

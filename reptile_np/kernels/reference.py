@@ -1,4 +1,5 @@
-"""Readable NumPy kernels: convolution and max-pooling, forward and backward.
+"""Readable NumPy kernels: convolution, batch normalisation, max-pooling, ReLU and
+the Adam update, forward and backward.
 
 These are the kernels to read. Each one loops over the *kernel taps* (the
 kh x kw offsets inside a window) and does one small matrix product per tap, so
@@ -168,3 +169,80 @@ def maxpool2d_backward(dy, argmax, x_shape, size, stride, pad):
             won = argmax == i * size + j
             _tap(dxp, i, j, stride, out_h, out_w)[...] += np.where(won, dy, 0)
     return dxp[:, :, pad[0]:pad[0] + h, pad[2]:pad[2] + width]
+
+
+def batchnorm2d_forward(x, gamma, beta, eps):
+    """Batch normalisation with the batch's own statistics, per channel.
+
+    Args:
+        x: (N, C, H, W) input. gamma, beta: (C,) scale and shift. eps: added to the variance.
+
+    Returns:
+        y: (N, C, H, W), ``gamma * x_hat + beta``;
+        x_hat: (N, C, H, W), ``(x - mean) * inv_std`` (kept for the backward pass);
+        inv_std: (C,), ``1 / sqrt(var + eps)``, with the biased variance over (N, H, W).
+    """
+    count = x.shape[0] * x.shape[2] * x.shape[3]
+    # einsum sums a channel in a third of the time of x.sum(axis=(0, 2, 3)).
+    mean = np.einsum("nchw->c", x) / count
+    x_hat = x - mean[None, :, None, None]
+    var = np.einsum("nchw,nchw->c", x_hat, x_hat) / count
+    inv_std = 1.0 / np.sqrt(var + x.dtype.type(eps))
+    x_hat *= inv_std[None, :, None, None]
+    y = x_hat * gamma[None, :, None, None]
+    y += beta[None, :, None, None]
+    return y, x_hat, inv_std
+
+
+def batchnorm2d_backward(dy, x_hat, inv_std, gamma):
+    """Gradients of `batchnorm2d_forward`, with M = N*H*W values per channel.
+
+    Args:
+        dy: (N, C, H, W) upstream gradient. x_hat, inv_std: from the forward pass.
+        gamma: (C,) scale.
+
+    Returns:
+        dx: (N, C, H, W), ``gamma * inv_std * (dy - dbeta / M - x_hat * dgamma / M)``
+        (the mean and the variance depend on every x of the channel);
+        dgamma: (C,), ``sum dy * x_hat``; dbeta: (C,), ``sum dy``.
+    """
+    count = dy.shape[0] * dy.shape[2] * dy.shape[3]
+    dgamma = np.einsum("nchw,nchw->c", dy, x_hat)
+    dbeta = np.einsum("nchw->c", dy)
+    dx = x_hat * (-dgamma / count)[None, :, None, None]
+    dx += dy
+    dx -= (dbeta / count)[None, :, None, None]
+    dx *= (gamma * inv_std)[None, :, None, None]
+    return dx, dgamma, dbeta
+
+
+def relu_forward(x):
+    """max(x, 0) elementwise (NaN stays NaN, -inf becomes 0, as ``torch.relu``)."""
+    return np.maximum(x, x.dtype.type(0))
+
+
+def relu_backward(dy, y):
+    """dy where the forward output ``y`` is positive, else 0 (the subgradient 0 at 0)."""
+    return np.where(y > 0, dy, dy.dtype.type(0))
+
+
+def adam_update(params, grad, m, v, step_size, beta1, beta2, eps):
+    """One Adam step in TensorFlow 1's form, in place on ``params``, ``m`` and ``v``.
+
+    Args:
+        params, grad, m, v: flat vectors of one dtype. step_size: the learning rate with
+        the bias correction folded in. beta1, beta2, eps: Adam's constants. The scalars
+        are that same dtype (`optim.Adam` converts them), so float32 stays float32.
+
+    Updates::
+
+        m <- beta1 * m + (1 - beta1) * g
+        v <- beta2 * v + (1 - beta2) * g^2
+        params <- params - step_size * m / (sqrt(v) + eps)
+    """
+    one = params.dtype.type(1)
+    m *= beta1
+    m += (one - beta1) * grad
+    v *= beta2
+    v += (one - beta2) * grad * grad
+    params -= step_size * m / (np.sqrt(v) + eps)
