@@ -166,8 +166,8 @@ class Conv2d(Layer):
     def forward(self, params, x):
         """x: (N, C, H, W) -> y: (N, O, OH, OW), y = conv(x, W) + b[None, :, None, None].
 
-        The cache keeps what the weight gradient needs (x, or the Numba backend's
-        im2col patches of x; see `kernels.conv2d_forward_saving`)."""
+        The cache keeps what the backward pass needs (x, or the Numba backend's
+        im2col patches of x and weight matrix; see `kernels.conv2d_forward_saving`)."""
         w, b = params
         pad = self.pad(x.shape[2], x.shape[3])
         y, saved = kernels.conv2d_forward_saving(x, w, self.stride, pad)
@@ -178,8 +178,7 @@ class Conv2d(Layer):
         """dy: (N, O, OH, OW) -> dx (N, C, H, W), dW (O, C, KH, KW), db = sum_{n,h,w} dy (O,)."""
         w, _ = params
         x_shape, pad, saved = cache
-        dx = kernels.conv2d_backward_input(dy, w, x_shape, self.stride, pad) if input_grad else None
-        dw = kernels.conv2d_backward_weight_saved(dy, saved, w.shape, self.stride, pad)
+        dx, dw = kernels.conv2d_backward(dy, w, saved, x_shape, self.stride, pad, input_grad)
         return dx, (dw, np.einsum("nohw->o", dy))
 
     def __repr__(self):

@@ -131,8 +131,8 @@ class Sequential:
             # Nothing needs the gradient with respect to the input batch itself.
             dout, dparams = self.layers[index].backward(layer_params[index], caches[index], dout,
                                                         input_grad=index > 0)
-            for (start, stop, _), value in zip(self._spans[index], dparams):
-                grad[start:stop] = value.ravel()
+            for (start, stop, shape), value in zip(self._spans[index], dparams):
+                grad[start:stop].reshape(shape)[...] = value   # one copy, from any layout
         return loss, grad
 
 

@@ -102,23 +102,31 @@ def test_conv2d_kernels_match_reference(case, dtype):
                  reference.conv2d_backward_weight(dy, x, weight.shape, s, pad))
 
 
-@pytest.mark.parametrize("case", CONV_CASES[:9], ids=str)
-def test_weight_gradient_from_saved_patches_matches_reference(case):
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+@pytest.mark.parametrize("case", CONV_CASES, ids=str)
+def test_backward_from_the_saved_forward_matches_reference(case, dtype):
     n, c, h, w, out_ch, k, s, pad = case
     rng = np.random.default_rng(SEED)
-    x = rng.standard_normal((n, c, h, w))
-    weight = rng.standard_normal((out_ch, c, k, k))
-    dy = rng.standard_normal(conv_output_shape(case))
-    y, patches = fast.conv2d_forward_saving(x, weight, s, pad)
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    weight = rng.standard_normal((out_ch, c, k, k)).astype(dtype)
+    dy = rng.standard_normal(conv_output_shape(case)).astype(dtype)
+    y, saved = fast.conv2d_forward_saving(x, weight, s, pad)
     np.testing.assert_array_equal(y, fast.conv2d_forward(x, weight, s, pad))
-    assert_close(fast.conv2d_backward_weight_saved(dy, patches, weight.shape, s, pad),
-                 reference.conv2d_backward_weight(dy, x, weight.shape, s, pad))
+    dx, dw = fast.conv2d_backward(dy, weight, saved, x.shape, s, pad)
+    dx_ref, dw_ref = reference.conv2d_backward(dy, weight, x, x.shape, s, pad)
+    assert_close(dx, dx_ref)
+    assert_close(dw, dw_ref)
+    assert_close(dw_ref, reference.conv2d_backward_weight(dy, x, weight.shape, s, pad))
+    for module, kept in ((fast, saved), (reference, x)):
+        no_dx, same_dw = module.conv2d_backward(dy, weight, kept, x.shape, s, pad, input_grad=False)
+        assert no_dx is None
+        np.testing.assert_array_equal(same_dw, dw if module is fast else dw_ref)
 
 
 @pytest.mark.usefixtures("restore_backend")
 @pytest.mark.parametrize("forward_backend", kernels.BACKENDS)
 @pytest.mark.parametrize("backward_backend", kernels.BACKENDS)
-def test_saved_weight_gradient_survives_a_backend_switch(forward_backend, backward_backend):
+def test_saved_forward_survives_a_backend_switch(forward_backend, backward_backend):
     rng = np.random.default_rng(SEED)
     x = rng.standard_normal((2, 16, 7, 7))   # many channels: the rows layout
     weight = rng.standard_normal((5, 16, 3, 3))
@@ -127,9 +135,10 @@ def test_saved_weight_gradient_survives_a_backend_switch(forward_backend, backwa
     y, saved = kernels.conv2d_forward_saving(x, weight, 2, pad)
     dy = rng.standard_normal(y.shape)
     kernels.set_backend(backward_backend)
+    dx, dw = kernels.conv2d_backward(dy, weight, saved, x.shape, 2, pad)
     assert_close(y, reference.conv2d_forward(x, weight, 2, pad))
-    assert_close(kernels.conv2d_backward_weight_saved(dy, saved, weight.shape, 2, pad),
-                 reference.conv2d_backward_weight(dy, x, weight.shape, 2, pad))
+    assert_close(dx, reference.conv2d_backward_input(dy, weight, x.shape, 2, pad))
+    assert_close(dw, reference.conv2d_backward_weight(dy, x, weight.shape, 2, pad))
 
 
 def test_conv2d_accepts_non_contiguous_inputs():
@@ -344,7 +353,7 @@ def _core_calls():
         (fast._swap_leading_axes, (x[0],)),
         (fast._transpose_last_two, (x[0],)),
         (fast._im2col_columns, (x,) + geometry),
-        (fast._im2col_rows, (x,) + geometry),
+        (fast._im2col_rows, (x.transpose(0, 2, 3, 1).copy(),) + geometry),
         (fast._col2im_columns, (columns, 5, 6) + geometry),
         (fast._col2im_rows, (rows, 2, 5, 6) + geometry),
         (fast._maxpool_forward, (x, 2, 2, 2, 3)),
@@ -394,8 +403,8 @@ def test_set_backend_routes_every_kernel_to_its_module(monkeypatch, name, module
     assert kernels.maxpool2d_forward(x, 2, 2, pad) == (name, "maxpool2d_forward")
     assert kernels.maxpool2d_backward(x, x, x.shape, 2, 2, pad) == (name, "maxpool2d_backward")
     assert kernels.conv2d_forward_saving(x, w, 1, pad) == (name, (module, "conv2d_forward_saving"))
-    assert (kernels.conv2d_backward_weight_saved(x, (module, x), w.shape, 1, pad)
-            == (name, "conv2d_backward_weight_saved"))
+    assert (kernels.conv2d_backward(x, w, (module, x), x.shape, 1, pad)
+            == (name, "conv2d_backward"))
     assert kernels.batchnorm2d_forward(x, w, w, 1e-3) == (name, "batchnorm2d_forward")
     assert kernels.batchnorm2d_backward(x, x, w, w) == (name, "batchnorm2d_backward")
     assert kernels.relu_forward(x) == (name, "relu_forward")
@@ -404,15 +413,16 @@ def test_set_backend_routes_every_kernel_to_its_module(monkeypatch, name, module
 
 
 @pytest.mark.usefixtures("restore_backend")
-def test_conv2d_forward_saving_keeps_patches_on_numba_and_the_input_on_numpy():
+def test_conv2d_forward_saving_keeps_patches_and_weights_on_numba_and_the_input_on_numpy():
     x = np.random.default_rng(SEED).standard_normal((1, 2, 5, 5))
     w = np.ones((3, 2, 3, 3))
     kernels.set_backend("numpy")
     _, (module, kept) = kernels.conv2d_forward_saving(x, w, 1, (1, 1, 1, 1))
     assert module is reference and kept is x
     kernels.set_backend("numba")
-    _, (module, kept) = kernels.conv2d_forward_saving(x, w, 1, (1, 1, 1, 1))
-    assert module is fast and kept.shape == (1, 2 * 3 * 3, 5 * 5)   # columns layout
+    _, (module, (patches, weights)) = kernels.conv2d_forward_saving(x, w, 1, (1, 1, 1, 1))
+    assert module is fast and patches.shape == (1, 2 * 3 * 3, 5 * 5)   # columns layout
+    assert weights.shape == (3, 2 * 3 * 3)
 
 
 @pytest.mark.usefixtures("restore_backend")

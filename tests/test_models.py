@@ -240,11 +240,12 @@ def test_the_first_layer_skips_its_input_gradient(backend, monkeypatch):
     theta = model.init(rng, dtype=np.float64)
     x, y = rng.random((4, 1, 28, 28)), np.arange(4)
     calls = []
-    original = kernels.conv2d_backward_input
-    monkeypatch.setattr(kernels, "conv2d_backward_input",
-                        lambda dy, *args: calls.append(dy.shape) or original(dy, *args))
+    original = kernels.conv2d_backward
+    monkeypatch.setattr(kernels, "conv2d_backward", lambda dy, *args: calls.append(
+        (dy.shape, args[-1])) or original(dy, *args))
     model.loss_and_grad(theta, x, y)
-    assert calls == [(4, 64, 2, 2), (4, 64, 4, 4), (4, 64, 7, 7)]
+    assert calls == [((4, 64, 2, 2), True), ((4, 64, 4, 4), True), ((4, 64, 7, 7), True),
+                     ((4, 64, 14, 14), False)]
 
     first = model.layers[0]
     params = model._layer_params(theta)[0]

@@ -16,7 +16,7 @@ from . import reference
 
 BACKENDS = ("numpy", "numba")
 KERNELS = ("conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight",
-           "conv2d_forward_saving", "conv2d_backward_weight_saved",
+           "conv2d_forward_saving", "conv2d_backward",
            "maxpool2d_forward", "maxpool2d_backward",
            "batchnorm2d_forward", "batchnorm2d_backward", "relu_forward", "relu_backward",
            "adam_update")
@@ -71,18 +71,19 @@ def conv2d_backward_weight(dy, x, w_shape, stride, pad):
 
 
 def conv2d_forward_saving(x, w, stride, pad):
-    """`conv2d_forward`, plus ``saved``: what `conv2d_backward_weight_saved` will need
-    (x for NumPy, its im2col patches for Numba), tagged with the backend that saved it."""
+    """`conv2d_forward`, plus ``saved``: what `conv2d_backward` will need (x for NumPy,
+    its im2col patches and the weight matrix for Numba), tagged with the backend that
+    saved it."""
     module = _current["module"]
     y, saved = module.conv2d_forward_saving(x, w, stride, pad)
     return y, (module, saved)
 
 
-def conv2d_backward_weight_saved(dy, saved, w_shape, stride, pad):
-    """`conv2d_backward_weight` from the ``saved`` of `conv2d_forward_saving`, by the
-    backend that saved it (even if the backend was switched in between)."""
+def conv2d_backward(dy, w, saved, x_shape, stride, pad, input_grad=True):
+    """(dx or None, dw) from the ``saved`` of `conv2d_forward_saving`, by the backend
+    that saved it (even if the backend was switched in between)."""
     module, kept = saved
-    return module.conv2d_backward_weight_saved(dy, kept, w_shape, stride, pad)
+    return module.conv2d_backward(dy, w, kept, x_shape, stride, pad, input_grad)
 
 
 def maxpool2d_forward(x, size, stride, pad):

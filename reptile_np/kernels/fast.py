@@ -11,12 +11,14 @@ runs longer:
   stride-1 layers); the products are per example and land in NCHW directly;
 * *rows*, (N*OH*OW, KH*KW*C): runs along the channels (C values), for many
   channels on small images (Omniglot's later layers); one product for the batch.
+  x is first transposed to channels-last, so each run is a contiguous copy (and
+  col2im adds into channels-last, transposed back at the end).
 
-`conv2d_forward_saving` also returns the patch matrix, and
-`conv2d_backward_weight_saved` reuses it, so a training step gathers each input
-once (the NumPy twins save x itself). Max-
-pooling is plain loops. Public functions are Python glue: they allocate, call
-the jitted cores below and BLAS (``@``), and reshape.
+`conv2d_forward_saving` also returns the patch matrix and the weight matrix, and
+`conv2d_backward` reuses them, so a training step gathers each input and
+rearranges each weight once (the NumPy twins save x itself). Batch normalisation, ReLU, max-pooling and
+the Adam update are one-pass loops. Public functions are Python glue: they
+allocate, call the jitted cores below and BLAS (``@``), and reshape.
 
 Threads. The jitted cores are serial on purpose. The matrix products hold most
 of the arithmetic and BLAS runs them on its own thread pool; a second pool of
@@ -68,13 +70,19 @@ def _swap_leading_axes(a):
 
 @njit(**_JIT_OPTIONS)
 def _transpose_last_two(a):
-    """(N, A, B) -> contiguous (N, B, A)."""
+    """(N, A, B) -> contiguous (N, B, A). The inner loop runs over the shorter axis
+    (measured: twice as fast as either fixed order on the shapes here)."""
     batch, size_a, size_b = a.shape
     out = np.empty((batch, size_b, size_a), dtype=a.dtype)
     for n in range(batch):
-        for ia in range(size_a):
+        if size_a <= size_b:
             for ib in range(size_b):
-                out[n, ib, ia] = a[n, ia, ib]
+                for ia in range(size_a):
+                    out[n, ib, ia] = a[n, ia, ib]
+        else:
+            for ia in range(size_a):
+                for ib in range(size_b):
+                    out[n, ib, ia] = a[n, ia, ib]
     return out
 
 
@@ -121,8 +129,10 @@ def _col2im_columns(columns, height, width, kh, kw, stride, pad_top, pad_left, o
 
 @njit(**_JIT_OPTIONS)
 def _im2col_rows(x, kh, kw, stride, pad_top, pad_left, out_h, out_w):
-    """Rows (N*OH*OW, KH*KW*C): ``rows[(n, p, q), (i, j, c)] = xpad[n, c, p*s + i, q*s + j]``."""
-    batch, channels, height, width = x.shape
+    """Rows (N*OH*OW, KH*KW*C) from channels-last x (N, H, W, C):
+    ``rows[(n, p, q), (i, j, c)] = xpad[n, p*s + i, q*s + j, c]``, each tap a copy of C
+    contiguous values."""
+    batch, height, width, channels = x.shape
     rows = np.empty((batch, out_h, out_w, kh, kw, channels), dtype=x.dtype)
     for n in range(batch):
         for p in range(out_h):
@@ -131,21 +141,20 @@ def _im2col_rows(x, kh, kw, stride, pad_top, pad_left, out_h, out_w):
                     ih = p * stride + i - pad_top
                     for j in range(kw):
                         iw = q * stride + j - pad_left
-                        if 0 <= ih < height and 0 <= iw < width:
-                            for c in range(channels):
-                                rows[n, p, q, i, j, c] = x[n, c, ih, iw]
-                        else:
-                            rows[n, p, q, i, j, :] = 0
+                        inside = 0 <= ih < height and 0 <= iw < width
+                        for c in range(channels):
+                            rows[n, p, q, i, j, c] = x[n, ih, iw, c] if inside else 0
     return rows.reshape(batch * out_h * out_w, kh * kw * channels)
 
 
 @njit(**_JIT_OPTIONS)
 def _col2im_rows(patch_rows, batch, height, width, kh, kw, stride, pad_top, pad_left,
                  out_h, out_w):
-    """Adjoint of `_im2col_rows`: every entry is added onto the pixel it was read from."""
+    """Adjoint of `_im2col_rows`: every entry is added onto the pixel it was read from,
+    into a channels-last (N, H, W, C) result."""
     channels = patch_rows.shape[1] // (kh * kw)
     rows = patch_rows.reshape(batch, out_h, out_w, kh, kw, channels)
-    dx = np.zeros((batch, channels, height, width), dtype=rows.dtype)
+    dx = np.zeros((batch, height, width, channels), dtype=rows.dtype)
     for n in range(batch):
         for p in range(out_h):
             for q in range(out_w):
@@ -155,7 +164,7 @@ def _col2im_rows(patch_rows, batch, height, width, kh, kw, stride, pad_top, pad_
                         iw = q * stride + j - pad_left
                         if 0 <= ih < height and 0 <= iw < width:
                             for c in range(channels):
-                                dx[n, c, ih, iw] += rows[n, p, q, i, j, c]
+                                dx[n, ih, iw, c] += rows[n, p, q, i, j, c]
     return dx
 
 
@@ -176,19 +185,63 @@ def _product(a, b):
     return out
 
 
-def _weights_for_rows(w):
-    """(O, C, KH, KW) -> (O, KH*KW*C), the weight matrix matching the rows layout."""
-    return np.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(w.shape[0], -1)
+def _channels_last(x):
+    """(N, C, H, W) -> contiguous (N, H, W, C): the rows layout gathers runs of channels."""
+    batch, channels, height, width = x.shape
+    return _transpose_last_two(x.reshape(batch, channels, -1)).reshape(batch, height, width, channels)
 
 
-def _by_channel(dy):
-    """(N, O, OH, OW) -> contiguous (O, N*OH*OW)."""
+def _patches(x, kh, kw, stride, pad, out_h, out_w):
+    """x's patch matrix in the layout `_uses_rows` picks for it."""
+    if _uses_rows(x.shape[1], out_w):
+        return _im2col_rows(_channels_last(x), kh, kw, stride, pad[0], pad[2], out_h, out_w)
+    return _im2col_columns(x, kh, kw, stride, pad[0], pad[2], out_h, out_w)
+
+
+def _weight_matrix(w, rows):
+    """The weights as the products use them: (K, O) with K in (i, j, c) order for the
+    rows layout (a copy), (O, K) with K in (c, i, j) order for the columns layout (a view)."""
+    out_ch = w.shape[0]
+    if rows:
+        return np.ascontiguousarray(w.transpose(2, 3, 1, 0)).reshape(-1, out_ch)
+    return w.reshape(out_ch, -1)
+
+
+def _dy_matrix(dy, rows):
+    """dy as the products use it: (O, N*OH*OW) for the rows layout, (N, O, OH*OW) for columns."""
     batch, out_ch = dy.shape[:2]
-    return _swap_leading_axes(dy.reshape(batch, out_ch, -1)).reshape(out_ch, -1)
+    if rows:
+        return _swap_leading_axes(dy.reshape(batch, out_ch, -1)).reshape(out_ch, -1)
+    return dy.reshape(batch, out_ch, -1)
+
+
+def _input_gradient(dy_matrix, weights, x_shape, geometry, rows):
+    """Patch gradients (dy times the weights), added back onto the pixels by col2im."""
+    batch, channels, height, width = x_shape
+    if rows:
+        patch_grads = _product(dy_matrix.T, weights.T)           # (N*OH*OW, O) x (O, K)
+        dx = _col2im_rows(patch_grads, batch, height, width, *geometry)
+        return _transpose_last_two(dx.reshape(batch, height * width, channels)).reshape(x_shape)
+    return _col2im_columns(_product(weights.T, dy_matrix), height, width, *geometry)
+
+
+def _weight_gradient(dy_matrix, patches, w_shape, rows):
+    """dy times the patches, summed over every output position, in (O, C, KH, KW) layout."""
+    out_ch, channels, kh, kw = w_shape
+    if rows:
+        dw = _product(dy_matrix, patches).reshape(out_ch, kh, kw, channels)
+        return dw.transpose(0, 3, 1, 2)
+    return _product(dy_matrix, patches.transpose(0, 2, 1)).sum(axis=0).reshape(w_shape)
+
+
+def _geometry(w_shape, stride, pad, out_h, out_w):
+    """The arguments the im2col/col2im cores take after the array sizes."""
+    return (w_shape[2], w_shape[3], stride, pad[0], pad[2], out_h, out_w)
 
 
 def conv2d_forward_saving(x, w, stride, pad):
-    """Twin of `reference.conv2d_forward_saving`: the saved value is x's patch matrix.
+    """Twin of `reference.conv2d_forward_saving`: the saved value is x's patch matrix and
+    the weight matrix, which `conv2d_backward` reuses.
 
     Rows layout: (N*OH*OW, K) x (K, O), then a transpose to NCHW. Columns layout:
     one (O, K) x (K, OH*OW) product per example, which lands in NCHW directly.
@@ -199,14 +252,28 @@ def conv2d_forward_saving(x, w, stride, pad):
     out_ch, _, kh, kw = w.shape
     out_h = output_size(height, kh, stride, pad[0], pad[1])
     out_w = output_size(width, kw, stride, pad[2], pad[3])
-    if _uses_rows(channels, out_w):
-        patches = _im2col_rows(x, kh, kw, stride, pad[0], pad[2], out_h, out_w)
-        y = _product(patches, np.ascontiguousarray(_weights_for_rows(w).T))
+    rows = _uses_rows(channels, out_w)
+    patches, weights = _patches(x, kh, kw, stride, pad, out_h, out_w), _weight_matrix(w, rows)
+    if rows:
+        y = _product(patches, weights)
         y = _transpose_last_two(y.reshape(batch, out_h * out_w, out_ch))
     else:
-        patches = _im2col_columns(x, kh, kw, stride, pad[0], pad[2], out_h, out_w)
-        y = _product(w.reshape(out_ch, -1), patches)
-    return y.reshape(batch, out_ch, out_h, out_w), patches
+        y = _product(weights, patches)
+    return y.reshape(batch, out_ch, out_h, out_w), (patches, weights)
+
+
+def conv2d_backward(dy, w, saved, x_shape, stride, pad, input_grad=True):
+    """Twin of `reference.conv2d_backward`: both gradients from the saved patches and
+    weight matrix, with dy rearranged once for the two products."""
+    patches, weights = saved
+    dy = np.ascontiguousarray(dy, dtype=patches.dtype)
+    rows = _uses_rows(x_shape[1], dy.shape[3])
+    dy_matrix = _dy_matrix(dy, rows)
+    dw = _weight_gradient(dy_matrix, patches, w.shape, rows)
+    if not input_grad:
+        return None, dw
+    geometry = _geometry(w.shape, stride, pad, dy.shape[2], dy.shape[3])
+    return _input_gradient(dy_matrix, weights, x_shape, geometry, rows), dw
 
 
 def conv2d_forward(x, w, stride, pad):
@@ -215,40 +282,21 @@ def conv2d_forward(x, w, stride, pad):
 
 
 def conv2d_backward_input(dy, w, x_shape, stride, pad):
-    """Twin of `reference.conv2d_backward_input`: weights^T x dy, then col2im."""
+    """Twin of `reference.conv2d_backward_input`: dy x weights, then col2im."""
     dy = np.ascontiguousarray(dy)
-    w = w.astype(dy.dtype, copy=False)
-    batch, channels, height, width = x_shape
-    out_ch, _, kh, kw = w.shape
-    out_h, out_w = dy.shape[2], dy.shape[3]
-    geometry = (kh, kw, stride, pad[0], pad[2], out_h, out_w)
-    if _uses_rows(channels, out_w):
-        patches = _product(_by_channel(dy).T, _weights_for_rows(w))
-        return _col2im_rows(patches, batch, height, width, *geometry)
-    patches = _product(w.reshape(out_ch, -1).T, dy.reshape(batch, out_ch, -1))
-    return _col2im_columns(patches, height, width, *geometry)
-
-
-def conv2d_backward_weight_saved(dy, patches, w_shape, stride, pad):
-    """Twin of `reference.conv2d_backward_weight_saved`: dy x patches^T, from the patches
-    `conv2d_forward_saving` saved (``stride`` and ``pad`` are already in them)."""
-    dy = np.ascontiguousarray(dy, dtype=patches.dtype)
-    out_ch, channels, kh, kw = w_shape
-    if _uses_rows(channels, dy.shape[3]):
-        dw = _product(_by_channel(dy), patches).reshape(out_ch, kh, kw, channels)
-        return np.ascontiguousarray(dw.transpose(0, 3, 1, 2))
-    per_example = _product(dy.reshape(dy.shape[0], out_ch, -1), patches.transpose(0, 2, 1))
-    return per_example.sum(axis=0).reshape(w_shape)
+    rows = _uses_rows(x_shape[1], dy.shape[3])
+    geometry = _geometry(w.shape, stride, pad, dy.shape[2], dy.shape[3])
+    return _input_gradient(_dy_matrix(dy, rows), _weight_matrix(w.astype(dy.dtype, copy=False), rows),
+                           x_shape, geometry, rows)
 
 
 def conv2d_backward_weight(dy, x, w_shape, stride, pad):
-    """Twin of `reference.conv2d_backward_weight`: im2col of x, then dy x patches^T."""
+    """Twin of `reference.conv2d_backward_weight`: im2col of x, then dy x patches."""
+    dy = np.ascontiguousarray(dy)
     x = np.ascontiguousarray(x, dtype=dy.dtype)
-    _, _, kh, kw = w_shape
-    out_h, out_w = dy.shape[2], dy.shape[3]
-    im2col = _im2col_rows if _uses_rows(x.shape[1], out_w) else _im2col_columns
-    patches = im2col(x, kh, kw, stride, pad[0], pad[2], out_h, out_w)
-    return conv2d_backward_weight_saved(dy, patches, w_shape, stride, pad)
+    rows = _uses_rows(x.shape[1], dy.shape[3])
+    patches = _patches(x, w_shape[2], w_shape[3], stride, pad, dy.shape[2], dy.shape[3])
+    return np.ascontiguousarray(_weight_gradient(_dy_matrix(dy, rows), patches, w_shape, rows))
 
 
 @njit(**_JIT_OPTIONS, inline="always")

@@ -110,18 +110,24 @@ def conv2d_backward_weight(dy, x, w_shape, stride, pad):
 
 
 def conv2d_forward_saving(x, w, stride, pad):
-    """`conv2d_forward`, plus what `conv2d_backward_weight_saved` needs: here x itself.
+    """`conv2d_forward`, plus what `conv2d_backward` needs: here x itself.
 
     Returns:
-        (y, saved); the Numba twin saves x's im2col patches instead, so that its weight
-        gradient reuses the forward pass's gather.
+        (y, saved); the Numba twin saves x's im2col patches and the weight matrix
+        instead, so that its backward pass reuses the forward pass's rearrangements.
     """
     return conv2d_forward(x, w, stride, pad), x
 
 
-def conv2d_backward_weight_saved(dy, saved, w_shape, stride, pad):
-    """`conv2d_backward_weight` from the ``saved`` of `conv2d_forward_saving`."""
-    return conv2d_backward_weight(dy, saved, w_shape, stride, pad)
+def conv2d_backward(dy, w, saved, x_shape, stride, pad, input_grad=True):
+    """Both gradients of `conv2d_forward`, from the ``saved`` of `conv2d_forward_saving`.
+
+    Returns:
+        (dx, dw) as `conv2d_backward_input` and `conv2d_backward_weight`; dx is None
+        when ``input_grad`` is False.
+    """
+    dx = conv2d_backward_input(dy, w, x_shape, stride, pad) if input_grad else None
+    return dx, conv2d_backward_weight(dy, saved, w.shape, stride, pad)
 
 
 def maxpool2d_forward(x, size, stride, pad):
