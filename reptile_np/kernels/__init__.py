@@ -45,6 +45,7 @@ def set_backend(name):
     if module is None:
         name, module = "numpy", reference
     _current["name"], _current["module"] = name, module
+    _current["mlp_module"] = _mlp_module(name)
     return name
 
 
@@ -91,6 +92,22 @@ def maxpool2d_forward(x, size, stride, pad):
 def maxpool2d_backward(dy, argmax, x_shape, size, stride, pad):
     """Gradient of max-pooling; see `reference.maxpool2d_backward`."""
     return _current["module"].maxpool2d_backward(dy, argmax, x_shape, size, stride, pad)
+
+
+# A small MLP's whole SGD inner loop (`meta.inner_loop`'s fast path), switched with the
+# kernels above: `mlp_reference` (NumPy) or its twin `mlp_fast` (Numba).
+
+def _mlp_module(name):
+    """The module holding `mlp_sgd_inner_loop` for backend ``name``."""
+    module = "mlp_fast" if name == "numba" else "mlp_reference"
+    return importlib.import_module(f"{__name__}.{module}")
+
+
+def mlp_sgd_inner_loop(phi, widths, activation, x_batches, y_batches, lr, reduction, weight_decay):
+    """Every SGD step of an MLP's inner loop on phi, in place; see
+    `mlp_reference.mlp_sgd_inner_loop`."""
+    _current["mlp_module"].mlp_sgd_inner_loop(phi, widths, activation, x_batches, y_batches, lr,
+                                              reduction, weight_decay)
 
 
 _requested = os.environ.get("REPTILE_NP_BACKEND", "numba").strip().lower() or "numba"

@@ -1,0 +1,108 @@
+"""The whole-inner-loop MLP kernel (`kernels.mlp_sgd_inner_loop`) and where it is used.
+
+The NumPy twin (`mlp_reference`) and the Numba twin (`mlp_fast`) agree on random MLPs
+(widths, activations, reductions, weight decay, batches with repeated examples), and
+the Numba twin's loop orders give identical bits. ``REPTILE_NP_TEST_SEED`` draws other
+random MLPs.
+"""
+import inspect
+import os
+
+import numpy as np
+import pytest
+
+from reptile_np.kernels import mlp_reference
+
+SEED = int(os.environ.get("REPTILE_NP_TEST_SEED", "0"))
+TOLERANCE = {np.float64: 1e-12, np.float32: 1e-5}
+
+
+@pytest.fixture
+def fast():
+    return pytest.importorskip("reptile_np.kernels.mlp_fast")
+
+
+def assert_close(actual, expected):
+    """Equal dtype and shape, max |actual - expected| <= tolerance * max |expected|."""
+    assert actual.dtype == expected.dtype and actual.shape == expected.shape
+    scale = float(np.max(np.abs(expected)))
+    error = float(np.max(np.abs(actual - expected)))
+    assert error <= TOLERANCE[expected.dtype.type] * scale, f"relative error {error / scale:.3g}"
+
+
+def random_problem(widths, dtype, steps, batch, seed):
+    """phi drawn like PyTorch's default init, a task of 2 * batch examples, and
+    (steps, batch) indices into it whose first batch repeats an example."""
+    rng = np.random.default_rng(seed)
+    phi = np.concatenate([
+        rng.uniform(-1, 1, size=fan_out * (fan_in + 1)) / np.sqrt(fan_in)
+        for fan_in, fan_out in zip(widths[:-1], widths[1:])]).astype(dtype)
+    x = rng.normal(size=(2 * batch, widths[0])).astype(dtype)
+    y = rng.normal(size=(2 * batch, widths[-1])).astype(dtype)
+    index = rng.integers(0, 2 * batch, size=(steps, batch))
+    index[0, -1] = index[0, 0]
+    return phi, x[index], y[index]
+
+
+# Wide (>= 8) and narrow layers, batches that are odd, even, below and above the
+# four-term groups of `mlp_fast._add_products`, and the sine MLP itself.
+SHAPES = [  # (widths, steps, batch)
+    ((1, 64, 64, 1), 5, 10),
+    ((3, 9, 5, 2), 4, 7),
+    ((2, 12, 1), 3, 4),
+    ((5, 3, 16, 8, 4), 2, 9),
+    ((1, 8, 1), 6, 1),
+    ((7, 2, 13), 3, 6),
+]
+
+
+@pytest.mark.parametrize("widths, steps, batch", SHAPES)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_numba_twin_matches_numpy_reference(fast, widths, steps, batch, dtype, activation):
+    for case, (reduction, weight_decay) in enumerate([("mean", 1.0), ("sum", 1.0),
+                                                      ("mean", 0.9), ("sum", 0.99)]):
+        phi, x_batches, y_batches = random_problem(widths, dtype, steps, batch, SEED + case)
+        expected, actual = phi.copy(), phi.copy()
+        lr = 0.05 if reduction == "mean" else 0.05 / batch
+        mlp_reference.mlp_sgd_inner_loop(expected, widths, activation, x_batches, y_batches,
+                                         lr, reduction, weight_decay)
+        fast.mlp_sgd_inner_loop(actual, widths, activation, x_batches, y_batches,
+                                lr, reduction, weight_decay)
+        assert np.max(np.abs(expected - phi)) > 1e-3 * np.max(np.abs(phi))  # it did learn
+        assert_close(actual, expected)
+
+
+def test_twins_share_one_signature(fast):
+    assert (inspect.signature(fast.mlp_sgd_inner_loop)
+            == inspect.signature(mlp_reference.mlp_sgd_inner_loop))
+
+
+@pytest.mark.parametrize("rows, terms, width", [(10, 64, 64), (7, 10, 9), (1, 3, 16), (4, 6, 8)])
+def test_add_products_loop_orders_give_the_same_bits(fast, rows, terms, width):
+    """The wide path (pairs of rows, the odd row alone) and the narrow path (W < 8) add
+    the same four-term groups in the same order, so any split of the output agrees."""
+    rng = np.random.default_rng(SEED)
+    coefficients, matrix = rng.normal(size=(rows, terms)), rng.normal(size=(terms, width))
+    start = rng.normal(size=(rows, width))
+    whole = start.copy()
+    fast._add_products(whole, coefficients, matrix)
+    np.testing.assert_allclose(whole, start + coefficients @ matrix, rtol=1e-13, atol=1e-13)
+    for r in range(rows):           # one row: the "odd row" path
+        row = start[r:r + 1].copy()
+        fast._add_products(row, coefficients[r:r + 1], matrix)
+        np.testing.assert_array_equal(row, whole[r:r + 1])
+    for k in range(width):          # one column: the narrow path
+        column = start[:, k:k + 1].copy()
+        fast._add_products(column, coefficients, np.ascontiguousarray(matrix[:, k:k + 1]))
+        np.testing.assert_array_equal(column, whole[:, k:k + 1])
+
+
+@pytest.mark.parametrize("module_name", ["mlp_reference", "mlp_fast"])
+def test_twins_reject_bad_arguments(module_name):
+    module = pytest.importorskip(f"reptile_np.kernels.{module_name}")
+    phi, x_batches, y_batches = random_problem((2, 5, 1), np.float64, 2, 3, SEED)
+    with pytest.raises(ValueError, match="reduction"):
+        module.mlp_sgd_inner_loop(phi, (2, 5, 1), "tanh", x_batches, y_batches, 0.1, "max", 1.0)
+    with pytest.raises(ValueError):
+        module.mlp_sgd_inner_loop(phi, (2, 6, 1), "tanh", x_batches, y_batches, 0.1, "sum", 1.0)
