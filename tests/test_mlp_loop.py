@@ -2,7 +2,8 @@
 
 The NumPy twin (`mlp_reference`) and the Numba twin (`mlp_fast`) agree on random MLPs
 (widths, activations, reductions, weight decay, batches with repeated examples), and
-the Numba twin's loop orders give identical bits. ``REPTILE_NP_TEST_SEED`` draws other
+the Numba twin's loop orders give identical bits. `models.Sequential.mlp_structure`
+recognises exactly the models the kernel covers. ``REPTILE_NP_TEST_SEED`` draws other
 random MLPs.
 """
 import inspect
@@ -11,7 +12,9 @@ import os
 import numpy as np
 import pytest
 
+from reptile_np import models
 from reptile_np.kernels import mlp_reference
+from reptile_np.layers import Linear, ReLU, Tanh
 
 SEED = int(os.environ.get("REPTILE_NP_TEST_SEED", "0"))
 TOLERANCE = {np.float64: 1e-12, np.float32: 1e-5}
@@ -106,3 +109,27 @@ def test_twins_reject_bad_arguments(module_name):
         module.mlp_sgd_inner_loop(phi, (2, 5, 1), "tanh", x_batches, y_batches, 0.1, "max", 1.0)
     with pytest.raises(ValueError):
         module.mlp_sgd_inner_loop(phi, (2, 6, 1), "tanh", x_batches, y_batches, 0.1, "sum", 1.0)
+
+
+# --------------------------------------------------------------------------------------
+# Which models are MLPs for the kernel
+
+def test_mlp_structure_of_the_sine_models():
+    assert models.sine_mlp().mlp_structure() == ((1, 64, 64, 1), "tanh")
+    assert models.sine_mlp(hidden=(8,), activation="relu").mlp_structure() == ((1, 8, 1), "relu")
+    mlp = models.Sequential([Linear(3, 9), Tanh(), Linear(9, 5), Tanh(), Linear(5, 2)],
+                            input_shape=(3,), loss="mse")
+    assert mlp.mlp_structure() == models.MLPStructure((3, 9, 5, 2), "tanh")
+
+
+@pytest.mark.parametrize("model", [
+    models.omniglot_cnn(),
+    models.Sequential([Linear(4, 6), Tanh(), Linear(6, 3)], input_shape=(4,)),  # cross-entropy
+    models.Sequential([Linear(2, 1)], input_shape=(2,), loss="mse"),            # no hidden layer
+    models.Sequential([Linear(1, 4), Tanh(), Linear(4, 4), ReLU(), Linear(4, 1)],
+                      input_shape=(1,), loss="mse"),                            # mixed activations
+    models.Sequential([Linear(1, 4), Tanh()], input_shape=(1,), loss="mse"),    # ends in tanh
+    models.Sequential([Linear(1, 4), Linear(4, 1)], input_shape=(1,), loss="mse"),
+], ids=["cnn", "cross-entropy", "linear", "mixed", "tanh-last", "no-activation"])
+def test_mlp_structure_is_none_for_anything_else(model):
+    assert model.mlp_structure() is None
