@@ -3,8 +3,11 @@
 The NumPy twin (`mlp_reference`) and the Numba twin (`mlp_fast`) agree on random MLPs
 (widths, activations, reductions, weight decay, batches with repeated examples), and
 the Numba twin's loop orders give identical bits. `models.Sequential.mlp_structure`
-recognises exactly the models the kernel covers. ``REPTILE_NP_TEST_SEED`` draws other
-random MLPs.
+recognises exactly the models the kernel covers. `meta.inner_loop` runs it for those
+under SGD and gets the per-step loop's result (``model.loss_and_grad`` then
+``SGD.step``), `meta.reptile_step` the same theta as before; every other model,
+optimiser or batching still takes the per-step loop. ``REPTILE_NP_TEST_SEED`` draws
+other random MLPs.
 """
 import inspect
 import os
@@ -12,7 +15,8 @@ import os
 import numpy as np
 import pytest
 
-from reptile_np import models
+from reptile_np import kernels, meta, models, optim
+from reptile_np.data import sine
 from reptile_np.kernels import mlp_reference
 from reptile_np.layers import Linear, ReLU, Tanh
 
@@ -133,3 +137,141 @@ def test_mlp_structure_of_the_sine_models():
 ], ids=["cnn", "cross-entropy", "linear", "mixed", "tanh-last", "no-activation"])
 def test_mlp_structure_is_none_for_anything_else(model):
     assert model.mlp_structure() is None
+
+
+# --------------------------------------------------------------------------------------
+# meta.inner_loop's fused path against its per-step loop
+
+@pytest.fixture
+def fused_calls(monkeypatch):
+    """The calls `meta` makes to `kernels.mlp_sgd_inner_loop` (which still run)."""
+    calls = []
+    real = kernels.mlp_sgd_inner_loop
+
+    def recording(*args):
+        calls.append(args)
+        real(*args)
+
+    monkeypatch.setattr(kernels, "mlp_sgd_inner_loop", recording)
+    return calls
+
+
+def per_step_inner_loop(model, theta, x, y, batches, optimizer, reduction, weight_decay):
+    """`meta.inner_loop` as it is for every model: loss_and_grad, then optimizer.step."""
+    phi = theta.copy()
+    for batch in batches:
+        if weight_decay != 1.0:
+            phi *= phi.dtype.type(weight_decay)
+        _, grad = model.loss_and_grad(phi, x[batch], y[batch], reduction)
+        optimizer.step(phi, grad)
+    return phi
+
+
+MLPS = {
+    "sine-tanh": lambda: models.sine_mlp(hidden=(16, 8)),
+    "sine-relu": lambda: models.sine_mlp(hidden=(12,), activation="relu"),
+    "two-outputs": lambda: models.Sequential([Linear(3, 9), Tanh(), Linear(9, 2)],
+                                             input_shape=(3,), loss="mse"),
+}
+
+
+@pytest.mark.parametrize("name", MLPS)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("reduction, weight_decay", [("mean", 1.0), ("sum", 1.0), ("mean", 0.9)])
+def test_fused_inner_loop_equals_the_per_step_loop(backend, fused_calls, name, dtype, reduction,
+                                                   weight_decay):
+    model = MLPS[name]()
+    rng = np.random.default_rng(SEED)
+    theta = model.init(rng, dtype)
+    theta_before = theta.copy()
+    x = rng.normal(size=(20,) + model.input_shape).astype(dtype)
+    y = rng.normal(size=(20,) + model.output_shape).astype(dtype)
+    batches = meta.minibatches(20, 6, 7, rng)   # 7 steps over 3 passes: batches straddle them
+    lr = 0.05 if reduction == "mean" else 0.01
+    expected = per_step_inner_loop(model, theta, x, y, batches, optim.SGD(lr), reduction,
+                                   weight_decay)
+    actual = meta.inner_loop(model, theta, x, y, batches, optim.SGD(lr), reduction, weight_decay)
+    assert len(fused_calls) == 1
+    np.testing.assert_array_equal(theta, theta_before)
+    assert np.max(np.abs(expected - theta)) > 1e-3 * np.max(np.abs(theta))
+    assert_close(actual, expected)
+
+
+@pytest.mark.parametrize("meta_batch", [1, 3])
+def test_reptile_step_on_the_sine_model_gives_the_per_step_theta(backend, fused_calls, meta_batch):
+    model = models.sine_mlp()
+    rng = np.random.default_rng(SEED)
+    theta = model.init(rng, np.float64)
+    tasks = [sine.sine_task(rng, np.float64) for _ in range(meta_batch)]
+    new = meta.reptile_step(model, theta, tasks, optim.SGD(0.02), np.random.default_rng(1),
+                            inner_batch=10, inner_iters=5, epsilon=0.1, reduction="mean")
+    batch_rng = np.random.default_rng(1)
+    phis = [per_step_inner_loop(model, theta, x, y, meta.minibatches(len(y), 10, 5, batch_rng),
+                                optim.SGD(0.02), "mean", 1.0) for x, y in tasks]
+    expected = theta + 0.1 * (np.mean(phis, axis=0) - theta)
+    assert len(fused_calls) == meta_batch
+    if backend == "numpy":
+        # The NumPy twin does the per-step loop's arithmetic in its order: the same bits,
+        # which also holds reptile_step's shortcut for the mean of one phi to exactness.
+        np.testing.assert_array_equal(new, expected)
+    else:
+        assert_close(new, expected)
+
+
+def _cnn_case(rng):
+    model = models.omniglot_cnn(num_classes=3)
+    x = rng.random((6, 1, 28, 28), dtype=np.float32)
+    return model, x, np.arange(6) % 3, optim.SGD(0.01)
+
+
+def _adam_case(rng):
+    model = models.sine_mlp(hidden=(8, 8))
+    x = rng.uniform(-5, 5, size=(12, 1)).astype(np.float32)
+    return model, x, np.sin(x), optim.Adam(model.num_params, lr=0.01)
+
+
+def _cross_entropy_case(rng):
+    model = models.Sequential([Linear(4, 6), Tanh(), Linear(6, 3)], input_shape=(4,))
+    x = rng.normal(size=(12, 4)).astype(np.float32)
+    return model, x, np.arange(12) % 3, optim.SGD(0.1)
+
+
+@pytest.mark.parametrize("make_case", [_cnn_case, _adam_case, _cross_entropy_case],
+                         ids=["cnn", "adam", "cross-entropy"])
+def test_other_models_and_optimisers_take_the_per_step_loop(backend, fused_calls, make_case):
+    rng = np.random.default_rng(SEED)
+    model, x, y, optimizer = make_case(rng)
+    theta = model.init(rng, np.float32)
+    batches = meta.minibatches(len(y), 3, 2, rng)
+    snapshot = optimizer.snapshot()
+    expected = per_step_inner_loop(model, theta, x, y, batches, optimizer, "sum", 0.99)
+    optimizer.restore(snapshot)
+    actual = meta.inner_loop(model, theta, x, y, batches, optimizer, "sum", 0.99)
+    assert fused_calls == []
+    np.testing.assert_array_equal(actual, expected)
+
+
+def test_batches_of_unequal_length_take_the_per_step_loop(backend, fused_calls):
+    model = models.sine_mlp(hidden=(8,))
+    rng = np.random.default_rng(SEED)
+    theta = model.init(rng, np.float64)
+    x = rng.uniform(-5, 5, size=(10, 1))
+    batches = [np.arange(4), np.arange(4, 10)]
+    expected = per_step_inner_loop(model, theta, x, np.sin(x), batches, optim.SGD(0.1), "mean", 1.0)
+    actual = meta.inner_loop(model, theta, x, np.sin(x), batches, optim.SGD(0.1), "mean")
+    assert fused_calls == []
+    np.testing.assert_array_equal(actual, expected)
+
+
+def test_fused_inner_loop_checks_its_inputs_as_the_per_step_loop(backend):
+    model = models.sine_mlp(hidden=(8,))
+    rng = np.random.default_rng(SEED)
+    theta = model.init(rng, np.float64)
+    x = rng.uniform(-5, 5, size=(10, 1))
+    batches = meta.minibatches(10, 5, 2, rng)
+    with pytest.raises(ValueError, match="y must have shape"):
+        meta.inner_loop(model, theta, x, np.sin(x)[:, 0], batches, optim.SGD(0.1))
+    with pytest.raises(ValueError, match="reduction must be"):
+        meta.inner_loop(model, theta, x, np.sin(x), batches, optim.SGD(0.1), reduction="max")
+    with pytest.raises(IndexError):
+        meta.inner_loop(model, theta, x, np.sin(x), [np.array([0, 10])], optim.SGD(0.1))
