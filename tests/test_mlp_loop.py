@@ -275,3 +275,17 @@ def test_fused_inner_loop_checks_its_inputs_as_the_per_step_loop(backend):
         meta.inner_loop(model, theta, x, np.sin(x), batches, optim.SGD(0.1), reduction="max")
     with pytest.raises(IndexError):
         meta.inner_loop(model, theta, x, np.sin(x), [np.array([0, 10])], optim.SGD(0.1))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_reptile_step_of_one_task_interpolates_toward_its_phi_exactly(backend, dtype):
+    """Serial Reptile skips np.mean for its one phi: the same bits as taking the mean."""
+    model = models.sine_mlp(hidden=(8, 8))
+    rng = np.random.default_rng(SEED)
+    theta = model.init(rng, dtype)
+    x, y = sine.sine_task(rng, dtype)
+    new = meta.reptile_step(model, theta, [(x, y)], optim.SGD(0.02), np.random.default_rng(2),
+                            inner_batch=10, inner_iters=5, epsilon=0.1, reduction="mean")
+    batches = meta.minibatches(len(y), 10, 5, np.random.default_rng(2))
+    phi = meta.inner_loop(model, theta, x, y, batches, optim.SGD(0.02), "mean")
+    np.testing.assert_array_equal(new, theta + dtype(0.1) * (np.mean([phi], axis=0) - theta))
