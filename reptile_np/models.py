@@ -8,6 +8,8 @@ Parameter names are those of the equivalent ``torch.nn.Sequential`` (``"0.weight
 ``"1.bias"``, ...), so ``model.state_dict(theta)`` loads into the PyTorch twin built
 by `reptile_np.interop.torch_module` with ``strict=True``.
 """
+from typing import NamedTuple
+
 import numpy as np
 
 from . import losses
@@ -15,6 +17,26 @@ from .layers import BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU, Tanh
 from .params import ParameterLayout
 
 LOSSES = {"cross_entropy": losses.softmax_cross_entropy, "mse": losses.mean_squared_error}
+
+
+class MLPStructure(NamedTuple):
+    """A model seen as a multilayer perceptron, what `kernels.mlp_sgd_inner_loop` needs."""
+    widths: tuple       # layer widths, input first: (1, 64, 64, 1) for the sine MLP
+    activation: str     # "tanh" or "relu", between consecutive Linear layers
+
+
+def _as_mlp(layers, loss):
+    """`MLPStructure` of Linear -> act -> Linear -> ... -> Linear (one activation class,
+    Tanh or ReLU, at least one hidden layer) with loss "mse"; None for anything else."""
+    activations = {Tanh: "tanh", ReLU: "relu"}
+    linears, between = layers[::2], layers[1::2]
+    if (loss != "mse" or len(layers) < 3 or len(layers) % 2 == 0
+            or any(type(layer) is not Linear for layer in linears)
+            or len({type(layer) for layer in between}) != 1
+            or type(between[0]) not in activations):
+        return None
+    widths = (linears[0].in_features,) + tuple(layer.out_features for layer in linears)
+    return MLPStructure(widths, activations[type(between[0])])
 
 
 class Sequential:
@@ -42,11 +64,18 @@ class Sequential:
         # Each layer's tensors as (start, stop, shape) in the flat vector, in layout order.
         spans = iter(zip(self.layout.offsets[:-1], self.layout.offsets[1:], self.layout.shapes))
         self._spans = [[next(spans) for _ in layer.param_shapes] for layer in self.layers]
+        self._mlp = _as_mlp(self.layers, loss)
 
     @property
     def num_params(self):
         """Length of the flat parameter vector."""
         return self.layout.size
+
+    def mlp_structure(self):
+        """The `MLPStructure` when the model is a multilayer perceptron with squared error
+        (e.g. `sine_mlp`), for which `meta.inner_loop` runs `kernels.mlp_sgd_inner_loop`;
+        None otherwise."""
+        return self._mlp
 
     def __repr__(self):
         body = "".join(f"\n  ({i}): {layer!r}" for i, layer in enumerate(self.layers))

@@ -47,6 +47,7 @@ def set_backend(name):
     if module is None:
         name, module = "numpy", reference
     _current["name"], _current["module"] = name, module
+    _current["mlp_module"] = _mlp_module(name)
     return name
 
 
@@ -119,6 +120,22 @@ def relu_backward(dy, y):
 def adam_update(params, grad, m, v, step_size, beta1, beta2, eps):
     """One in-place Adam step (TF1's form); see `reference.adam_update`."""
     return _current["module"].adam_update(params, grad, m, v, step_size, beta1, beta2, eps)
+
+
+# A small MLP's whole SGD inner loop (`meta.inner_loop`'s fast path), switched with the
+# kernels above: `mlp_reference` (NumPy) or its twin `mlp_fast` (Numba).
+
+def _mlp_module(name):
+    """The module holding `mlp_sgd_inner_loop` for backend ``name``."""
+    module = "mlp_fast" if name == "numba" else "mlp_reference"
+    return importlib.import_module(f"{__name__}.{module}")
+
+
+def mlp_sgd_inner_loop(phi, widths, activation, x_batches, y_batches, lr, reduction, weight_decay):
+    """Every SGD step of an MLP's inner loop on phi, in place; see
+    `mlp_reference.mlp_sgd_inner_loop`."""
+    _current["mlp_module"].mlp_sgd_inner_loop(phi, widths, activation, x_batches, y_batches, lr,
+                                              reduction, weight_decay)
 
 
 _requested = os.environ.get("REPTILE_NP_BACKEND", "numba").strip().lower() or "numba"

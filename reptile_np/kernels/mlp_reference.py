@@ -1,0 +1,101 @@
+"""A multilayer perceptron's whole SGD inner loop, in readable NumPy.
+
+The MLP is ``Linear -> act -> Linear -> ... -> Linear`` with one activation (tanh or
+ReLU) between Linear layers and squared error on the output: the sine-wave model.
+Its parameters are the flat vector of `reptile_np.models.Sequential`: for each
+Linear layer, its weight (out, in) row-major, then its bias (out,).
+
+This is the function to read; `mlp_fast.py` holds its Numba twin with the same
+signature, and `tests/test_mlp_loop.py` holds the two equal. `meta.inner_loop`
+calls them (through `kernels.mlp_sgd_inner_loop`) for such models under plain SGD.
+"""
+import numpy as np
+
+from ..losses import REDUCTIONS, mean_squared_error
+
+ACTIVATIONS = ("tanh", "relu")
+
+
+def parameter_count(widths):
+    """Length of the flat vector: ``sum_l widths[l+1] * (widths[l] + 1)``."""
+    return sum(fan_out * (fan_in + 1) for fan_in, fan_out in zip(widths[:-1], widths[1:]))
+
+
+def check_arguments(phi, widths, activation, x_batches, y_batches, reduction):
+    """Raise ValueError unless the arguments of `mlp_sgd_inner_loop` fit together."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}.")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}.")
+    steps_and_batch = x_batches.shape[:2]
+    if (phi.shape != (parameter_count(widths),) or not phi.flags.c_contiguous
+            or x_batches.shape != steps_and_batch + (widths[0],)
+            or y_batches.shape != steps_and_batch + (widths[-1],)):
+        raise ValueError(f"widths {tuple(widths)} need a contiguous phi of "
+                         f"{parameter_count(widths)} parameters, x_batches (S, B, {widths[0]}) "
+                         f"and y_batches (S, B, {widths[-1]}); got {phi.shape}, "
+                         f"{x_batches.shape} and {y_batches.shape}.")
+
+
+def layer_views(flat, widths):
+    """Each Linear layer's (weight (out, in), bias (out,)) as views into ``flat``."""
+    views, start = [], 0
+    for fan_in, fan_out in zip(widths[:-1], widths[1:]):
+        bias_start = start + fan_out * fan_in
+        views.append((flat[start:bias_start].reshape(fan_out, fan_in),
+                      flat[bias_start:bias_start + fan_out]))
+        start = bias_start + fan_out
+    return views
+
+
+def _activate(z, activation):
+    """tanh(z), or relu(z) = max(z, 0)."""
+    return np.tanh(z) if activation == "tanh" else np.maximum(z, 0)
+
+
+def _activation_slope(a, activation):
+    """The activation's derivative from its output a: 1 - a^2 (tanh), [a > 0] (relu)."""
+    return 1 - a * a if activation == "tanh" else a > 0
+
+
+def mlp_sgd_inner_loop(phi, widths, activation, x_batches, y_batches, lr, reduction, weight_decay):
+    """One SGD step per batch on an MLP's flat parameters ``phi``, updated in place.
+
+    Args:
+        phi: (P,) float32 or float64, P = `parameter_count`(widths).
+        widths: the layer widths, input first: (1, 64, 64, 1) for the sine MLP.
+        activation: "tanh" or "relu", applied after every Linear layer but the last.
+        x_batches: (S, B, widths[0]) the inputs of S steps, of phi's dtype.
+        y_batches: (S, B, widths[-1]) their targets.
+        lr: the SGD learning rate.
+        reduction: "mean" or "sum" of the squared errors of a batch.
+        weight_decay: phi is multiplied by this before every step (1 = off).
+
+    Each step, with a_0 = x, W_l (out, in) and b_l the parameters of Linear layer l:
+
+        forward:  z_l = a_{l-1} W_l^T + b_l;  a_l = act(z_l), but a_L = z_L (no activation)
+        loss:     d_L = dloss/dz_L = 2 (a_L - y), divided by B * widths[-1] for "mean"
+        backward: dW_l = d_l^T a_{l-1};  db_l = sum over the batch of d_l;
+                  d_{l-1} = (d_l W_l) * act'(a_{l-1}), with tanh' = 1 - a^2, relu' = [a > 0]
+        update:   phi -= lr * grad, grad holding every dW_l, db_l in phi's layout
+    """
+    check_arguments(phi, widths, activation, x_batches, y_batches, reduction)
+    real = phi.dtype.type
+    grad = np.empty_like(phi)
+    params, grads = layer_views(phi, widths), layer_views(grad, widths)
+    last = len(params) - 1
+    for x, y in zip(x_batches, y_batches):
+        if weight_decay != 1.0:
+            phi *= real(weight_decay)
+        activations = [x]                                   # a_0 ... a_L, each (B, width)
+        for index, (weight, bias) in enumerate(params):
+            z = activations[-1] @ weight.T + bias
+            activations.append(z if index == last else _activate(z, activation))
+        _, delta = mean_squared_error(activations[-1], y, reduction)
+        for index in range(last, -1, -1):
+            (weight, _), (dweight, dbias) = params[index], grads[index]
+            dweight[...] = delta.T @ activations[index]
+            dbias[...] = delta.sum(axis=0)
+            if index > 0:
+                delta = (delta @ weight) * _activation_slope(activations[index], activation)
+        phi -= real(lr) * grad
