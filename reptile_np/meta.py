@@ -83,6 +83,12 @@ def inner_loop(model, theta, x, y, batches, optimizer, reduction="sum", weight_d
             # overhead dominates: one call runs every step instead.
             return _mlp_sgd_inner_loop(model, structure, theta, x, y, index, optimizer.lr,
                                        reduction, weight_decay)
+    return step_by_step_inner_loop(model, theta, x, y, batches, optimizer, reduction, weight_decay)
+
+
+def step_by_step_inner_loop(model, theta, x, y, batches, optimizer, reduction="sum",
+                            weight_decay=1.0):
+    """`inner_loop` for any model and optimiser: per batch, the gradient, then one step."""
     phi = theta.copy()
     for batch in batches:
         if weight_decay != 1.0:

@@ -156,17 +156,6 @@ def fused_calls(monkeypatch):
     return calls
 
 
-def per_step_inner_loop(model, theta, x, y, batches, optimizer, reduction, weight_decay):
-    """`meta.inner_loop` as it is for every model: loss_and_grad, then optimizer.step."""
-    phi = theta.copy()
-    for batch in batches:
-        if weight_decay != 1.0:
-            phi *= phi.dtype.type(weight_decay)
-        _, grad = model.loss_and_grad(phi, x[batch], y[batch], reduction)
-        optimizer.step(phi, grad)
-    return phi
-
-
 MLPS = {
     "sine-tanh": lambda: models.sine_mlp(hidden=(16, 8)),
     "sine-relu": lambda: models.sine_mlp(hidden=(12,), activation="relu"),
@@ -188,7 +177,7 @@ def test_fused_inner_loop_equals_the_per_step_loop(backend, fused_calls, name, d
     y = rng.normal(size=(20,) + model.output_shape).astype(dtype)
     batches = meta.minibatches(20, 6, 7, rng)   # 7 steps over 3 passes: batches straddle them
     lr = 0.05 if reduction == "mean" else 0.01
-    expected = per_step_inner_loop(model, theta, x, y, batches, optim.SGD(lr), reduction,
+    expected = meta.step_by_step_inner_loop(model, theta, x, y, batches, optim.SGD(lr), reduction,
                                    weight_decay)
     actual = meta.inner_loop(model, theta, x, y, batches, optim.SGD(lr), reduction, weight_decay)
     assert len(fused_calls) == 1
@@ -206,7 +195,7 @@ def test_reptile_step_on_the_sine_model_gives_the_per_step_theta(backend, fused_
     new = meta.reptile_step(model, theta, tasks, optim.SGD(0.02), np.random.default_rng(1),
                             inner_batch=10, inner_iters=5, epsilon=0.1, reduction="mean")
     batch_rng = np.random.default_rng(1)
-    phis = [per_step_inner_loop(model, theta, x, y, meta.minibatches(len(y), 10, 5, batch_rng),
+    phis = [meta.step_by_step_inner_loop(model, theta, x, y, meta.minibatches(len(y), 10, 5, batch_rng),
                                 optim.SGD(0.02), "mean", 1.0) for x, y in tasks]
     expected = theta + 0.1 * (np.mean(phis, axis=0) - theta)
     assert len(fused_calls) == meta_batch
@@ -244,7 +233,7 @@ def test_other_models_and_optimisers_take_the_per_step_loop(backend, fused_calls
     theta = model.init(rng, np.float32)
     batches = meta.minibatches(len(y), 3, 2, rng)
     snapshot = optimizer.snapshot()
-    expected = per_step_inner_loop(model, theta, x, y, batches, optimizer, "sum", 0.99)
+    expected = meta.step_by_step_inner_loop(model, theta, x, y, batches, optimizer, "sum", 0.99)
     optimizer.restore(snapshot)
     actual = meta.inner_loop(model, theta, x, y, batches, optimizer, "sum", 0.99)
     assert fused_calls == []
@@ -257,7 +246,7 @@ def test_batches_of_unequal_length_take_the_per_step_loop(backend, fused_calls):
     theta = model.init(rng, np.float64)
     x = rng.uniform(-5, 5, size=(10, 1))
     batches = [np.arange(4), np.arange(4, 10)]
-    expected = per_step_inner_loop(model, theta, x, np.sin(x), batches, optim.SGD(0.1), "mean", 1.0)
+    expected = meta.step_by_step_inner_loop(model, theta, x, np.sin(x), batches, optim.SGD(0.1), "mean", 1.0)
     actual = meta.inner_loop(model, theta, x, np.sin(x), batches, optim.SGD(0.1), "mean")
     assert fused_calls == []
     np.testing.assert_array_equal(actual, expected)
