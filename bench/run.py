@@ -251,6 +251,36 @@ def speedups(records):
             for b in ("torch", "torch-tuned", "jax", "numpy") if b in median and b != a}
 
 
+def print_result(r):
+    """One console line for a timing record."""
+    rate, _ = UNIT_SHORT[r["unit"]]
+    check = "-" if r["parity"] is None else ("parity ok" if r["parity"]["ok"] else "PARITY FAIL")
+    busy = f"  (other processes: {r['other_cpu']:.1f} CPUs)" if (r["other_cpu"] or 0) > BUSY else ""
+    print(f"  {framework_label(r):<14} {r['backend']:<20} {r['units_per_s']:10.2f} "
+          f"{rate:<10} {r['ms_per_inner_step']:8.3f} ms/inner step  "
+          f"{r['gflop_s']:6.2f} GFLOP/s  first call {r['first_call_s']:.2f} s  {check}{busy}")
+
+
+def median_round(runs):
+    """The run whose median time is the median of the rounds (the faster middle one of an
+    even count)."""
+    ordered = sorted(runs, key=lambda r: r["s_per_unit"]["median"])
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def round_ratios(by_framework):
+    """``{(ours, theirs): [ratio of round 1, round 2, ...]}`` over the rounds both ran."""
+    by_round = {}
+    for framework_runs in by_framework.values():
+        for r in framework_runs:
+            by_round.setdefault(r["round"], []).append(r)
+    ratios = {}
+    for round_index in sorted(by_round):
+        for pair, ratio in speedups(by_round[round_index]).items():
+            ratios.setdefault(pair, []).append(ratio)
+    return ratios
+
+
 def startup_table(records):
     rows = ["| framework | backend | Numba cache | command -> first meta-it done (s) | import (s) "
             "| first meta-it (s) | steady meta-it (s) | compile or cache load (s) | cache files |",
@@ -315,7 +345,9 @@ How to read this:
   variables before import (and numba.set_num_threads / torch.set_num_threads); workers
   are pinned to --threads CPUs when fewer than all. Timed stage after a burn-in (first
   call, which includes JIT compilation, then calls for {warmup}); {repeats} repeats of
-  >= {repeat_s}; median and min-max over repeats (IQR in results.jsonl).
+  >= {repeat_s}; median and min-max over repeats (IQR in results.jsonl). With --rounds N
+  every framework is timed N times in N processes, the frameworks interleaved, and the
+  tables keep each framework's median round (every round is in results.jsonl).
 - ms/inner step = time per unit / optimiser steps per unit (it includes batch drawing
   and the outer interpolation).
 - GFLOP/s counts the conv and linear layers only: forward multiply-adds (2 FLOPs each),
@@ -367,6 +399,10 @@ def main():
     parser.add_argument("--retries", type=int, default=None,
                         help="measure again when other processes were busy meanwhile, keeping "
                              "the least disturbed attempt (default: 0 quick, 2 full)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="time every (workload, framework) this many times, in separate "
+                             "processes, the frameworks interleaved; tables keep each "
+                             "framework's median round and list the ratio of every round")
     parser.add_argument("--memory-iterations", type=int, default=0,
                         help="meta-iterations of the memory probe (0: 3 quick, 20 full)")
     args = parser.parse_args()
@@ -378,6 +414,8 @@ def main():
             parser.error(f"unknown {unknown}; choose from {','.join(allowed)}")
     if args.threads < 1:
         parser.error("--threads must be at least 1")
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     if args.quiet_wait is None:
         args.quiet_wait = 0.0 if args.quick else 60.0
     if args.retries is None:
@@ -459,29 +497,31 @@ def main():
                   f"{record['sgemm_im2col_omniglot_gflop_s']:.1f}, Mini-ImageNet "
                   f"{record['sgemm_im2col_miniimagenet_gflop_s']:.1f} GFLOP/s")
 
-    results = {}
+    results, rounds = {}, {}
     for workload in timed:
         print(f"\n{TITLES[workload]}")
-        for framework in frameworks:
-            if not available(framework):
-                continue
-            extra = ["--repeats", str(args.repeats)] if args.repeats else []
-            extra += ["--budget", str(args.budget)] if args.budget else []
-            for r in run_worker(["time", "--framework", framework, "--workload", workload,
-                                 *common, *extra], f"{workload}/{framework}"):
-                records.append(r)
-                results.setdefault(workload, []).append(r)
-                rate, _ = UNIT_SHORT[r["unit"]]
-                check = "-" if r["parity"] is None else ("parity ok" if r["parity"]["ok"]
-                                                         else "PARITY FAIL")
-                busy = f"  (other processes: {r['other_cpu']:.1f} CPUs)" \
-                    if (r["other_cpu"] or 0) > BUSY else ""
-                print(f"  {framework_label(r):<14} {r['backend']:<20} {r['units_per_s']:10.2f} "
-                      f"{rate:<10} {r['ms_per_inner_step']:8.3f} ms/inner step  "
-                      f"{r['gflop_s']:6.2f} GFLOP/s  first call {r['first_call_s']:.2f} s  "
-                      f"{check}{busy}")
+        by_framework = {}
+        for round_index in range(args.rounds):
+            if args.rounds > 1:
+                print(f"  round {round_index + 1} of {args.rounds}")
+            for framework in frameworks:
+                if not available(framework):
+                    continue
+                extra = ["--repeats", str(args.repeats)] if args.repeats else []
+                extra += ["--budget", str(args.budget)] if args.budget else []
+                for r in run_worker(["time", "--framework", framework, "--workload", workload,
+                                     *common, *extra], f"{workload}/{framework}"):
+                    r["round"] = round_index + 1
+                    records.append(r)
+                    by_framework.setdefault(framework, []).append(r)
+                    print_result(r)
+        if by_framework:
+            results[workload] = [median_round(runs) for runs in by_framework.values()]
+            rounds[workload] = round_ratios(by_framework)
         for (ours, theirs), ratio in speedups(results.get(workload, [])).items():
-            print(f"  {LABELS[ours]} / {LABELS[theirs]} = {ratio:.2f}x")
+            spread = rounds[workload].get((ours, theirs), [])
+            per_round = f" (rounds: {', '.join(f'{x:.2f}' for x in spread)})" if len(spread) > 1 else ""
+            print(f"  {LABELS[ours]} / {LABELS[theirs]} = {ratio:.2f}x{per_round}")
 
     startup = []
     if "startup" in selected:
@@ -540,6 +580,13 @@ def main():
             if ratios:
                 md += ["", "Speed-ups (their median time / ours): " + ", ".join(
                     f"{LABELS[a]} / {LABELS[b]} = {r:.2f}x" for (a, b), r in ratios.items())]
+            spread = {pair: values for pair, values in rounds[workload].items() if len(values) > 1}
+            if spread:
+                md += ["", f"Each of the {args.rounds} rounds (frameworks interleaved, the "
+                       "table keeps each one's median round): " + "; ".join(
+                           f"{LABELS[a]} / {LABELS[b]} = "
+                           + ", ".join(f"{x:.2f}x" for x in values)
+                           for (a, b), values in spread.items())]
     if startup:
         md += ["", "## Start-up (Omniglot, command -> first meta-iteration)", ""]
         md += startup_table(startup)

@@ -30,7 +30,7 @@ def test_quick_sine_bench_runs_without_torch_or_jax(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--workloads", "sine",
          "--frameworks", "numba,numpy,torch,torch-tuned,jax", "--threads", "1",
-         "--out-dir", str(out)],
+         "--rounds", "2", "--out-dir", str(out)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
@@ -44,7 +44,8 @@ def test_quick_sine_bench_runs_without_torch_or_jax(tmp_path):
     kinds = [r["kind"] for r in records]
     assert kinds[0] == "env" and "ceiling" in kinds
     results = [r for r in records if r["kind"] == "result"]
-    assert sorted(r["framework"] for r in results) == ["numba", "numpy"]
+    assert sorted((r["framework"], r["round"]) for r in results) == [
+        ("numba", 1), ("numba", 2), ("numpy", 1), ("numpy", 2)]
     for r in results:
         assert RESULT_KEYS <= set(r), RESULT_KEYS - set(r)
         assert SPREAD_KEYS <= set(r["s_per_unit"])
@@ -56,3 +57,5 @@ def test_quick_sine_bench_runs_without_torch_or_jax(tmp_path):
     assert {r["module"] for r in records if r["kind"] == "missing"} == {"torch", "jax"}
     markdown = (out / "results.md").read_text()
     assert "| numba" in markdown and "Targets of the speed issue" in markdown
+    assert markdown.count("| numba |") == 1         # the median round only
+    assert "Each of the 2 rounds" in markdown and "numba / numpy = " in markdown
