@@ -59,3 +59,23 @@ def test_quick_sine_bench_runs_without_torch_or_jax(tmp_path):
     assert "| numba" in markdown and "Targets of the speed issue" in markdown
     assert markdown.count("| numba |") == 1         # the median round only
     assert "Each of the 2 rounds" in markdown and "numba / numpy = " in markdown
+
+
+def _timing(framework, round_index, seconds):
+    return {"framework": framework, "round": round_index, "s_per_unit": {"median": seconds}}
+
+
+def test_rounds_keep_the_median_round_and_the_ratio_of_each_round():
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import run
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    ours = [_timing("numba", 1, 0.060), _timing("numba", 2, 0.100), _timing("numba", 3, 0.050)]
+    theirs = [_timing("torch", 1, 0.120), _timing("torch", 2, 0.100), _timing("torch", 3, 0.110)]
+    assert run.median_round(ours)["round"] == 1                  # 0.050 < 0.060 < 0.100
+    assert run.median_round(ours[:2])["round"] == 1              # the faster middle of two
+    ratios = run.round_ratios({"numba": ours, "torch": theirs})
+    assert [round(r, 6) for r in ratios[("numba", "torch")]] == [2.0, 1.0, 2.2]
+    assert run.speedups([run.median_round(ours), run.median_round(theirs)]) == {
+        ("numba", "torch"): 0.110 / 0.060}
