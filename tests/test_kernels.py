@@ -54,6 +54,16 @@ def conv_output_shape(case):
             reference.output_size(w, k, s, pad[2], pad[3]))
 
 
+def conv_arrays(case, dtype):
+    """Random x, weight and dy of a conv case, with its stride and padding."""
+    n, c, h, w, out_ch, k, s, pad = case
+    rng = np.random.default_rng(SEED)
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    weight = rng.standard_normal((out_ch, c, k, k)).astype(dtype)
+    dy = rng.standard_normal(conv_output_shape(case)).astype(dtype)
+    return x, weight, dy, s, pad
+
+
 def _random_conv_cases(count, seed):
     rng = np.random.default_rng(seed)
     cases = []
@@ -89,11 +99,7 @@ def test_conv_cases_cover_both_patch_layouts():
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
 @pytest.mark.parametrize("case", CONV_CASES, ids=str)
 def test_conv2d_kernels_match_reference(case, dtype):
-    n, c, h, w, out_ch, k, s, pad = case
-    rng = np.random.default_rng(SEED)
-    x = rng.standard_normal((n, c, h, w)).astype(dtype)
-    weight = rng.standard_normal((out_ch, c, k, k)).astype(dtype)
-    dy = rng.standard_normal(conv_output_shape(case)).astype(dtype)
+    x, weight, dy, s, pad = conv_arrays(case, dtype)
     assert_close(fast.conv2d_forward(x, weight, s, pad),
                  reference.conv2d_forward(x, weight, s, pad))
     assert_close(fast.conv2d_backward_input(dy, weight, x.shape, s, pad),
@@ -105,11 +111,7 @@ def test_conv2d_kernels_match_reference(case, dtype):
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
 @pytest.mark.parametrize("case", CONV_CASES, ids=str)
 def test_backward_from_the_saved_forward_matches_reference(case, dtype):
-    n, c, h, w, out_ch, k, s, pad = case
-    rng = np.random.default_rng(SEED)
-    x = rng.standard_normal((n, c, h, w)).astype(dtype)
-    weight = rng.standard_normal((out_ch, c, k, k)).astype(dtype)
-    dy = rng.standard_normal(conv_output_shape(case)).astype(dtype)
+    x, weight, dy, s, pad = conv_arrays(case, dtype)
     y, saved = fast.conv2d_forward_saving(x, weight, s, pad)
     np.testing.assert_array_equal(y, fast.conv2d_forward(x, weight, s, pad))
     dx, dw = fast.conv2d_backward(dy, weight, saved, x.shape, s, pad)

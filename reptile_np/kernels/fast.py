@@ -191,11 +191,11 @@ def _channels_last(x):
     return _transpose_last_two(x.reshape(batch, channels, -1)).reshape(batch, height, width, channels)
 
 
-def _patches(x, kh, kw, stride, pad, out_h, out_w):
-    """x's patch matrix in the layout `_uses_rows` picks for it."""
-    if _uses_rows(x.shape[1], out_w):
-        return _im2col_rows(_channels_last(x), kh, kw, stride, pad[0], pad[2], out_h, out_w)
-    return _im2col_columns(x, kh, kw, stride, pad[0], pad[2], out_h, out_w)
+def _patches(x, rows, geometry):
+    """x's patch matrix in the rows or the columns layout (``geometry``: see `_geometry`)."""
+    if rows:
+        return _im2col_rows(_channels_last(x), *geometry)
+    return _im2col_columns(x, *geometry)
 
 
 def _weight_matrix(w, rows):
@@ -256,7 +256,8 @@ def conv2d_forward_saving(x, w, stride, pad):
     out_h = output_size(height, kh, stride, pad[0], pad[1])
     out_w = output_size(width, kw, stride, pad[2], pad[3])
     rows = _uses_rows(channels, out_w)
-    patches, weights = _patches(x, kh, kw, stride, pad, out_h, out_w), _weight_matrix(w, rows)
+    patches = _patches(x, rows, _geometry(w.shape, stride, pad, out_h, out_w))
+    weights = _weight_matrix(w, rows)
     if rows:
         y = _product(patches, weights)
         y = _transpose_last_two(y.reshape(batch, out_h * out_w, out_ch))
@@ -298,7 +299,7 @@ def conv2d_backward_weight(dy, x, w_shape, stride, pad):
     dy = np.ascontiguousarray(dy)
     x = np.ascontiguousarray(x, dtype=dy.dtype)
     rows = _uses_rows(x.shape[1], dy.shape[3])
-    patches = _patches(x, w_shape[2], w_shape[3], stride, pad, dy.shape[2], dy.shape[3])
+    patches = _patches(x, rows, _geometry(w_shape, stride, pad, dy.shape[2], dy.shape[3]))
     return np.ascontiguousarray(_weight_gradient(_dy_matrix(dy, rows), patches, w_shape, rows))
 
 

@@ -101,7 +101,7 @@ def _activate(z, activation):
             if activation == _TANH:
                 z[n, k] = 1 - 2 / (np.exp(value + value) + 1)
             else:
-                z[n, k] = value * (value > 0)
+                z[n, k] = value if not value < 0 else 0     # as np.maximum: NaN stays, -inf -> 0
 
 
 @njit(**_JIT_OPTIONS)
