@@ -163,6 +163,9 @@ def add_run_flags(parser):
                       help="kernels (default: $REPTILE_NP_BACKEND, else numba)")
     ours.add_argument("--results", default=None,
                       help="write the final accuracies as JSON here (default: <checkpoint>/results.json)")
+    ours.add_argument("--eval-workers", type=_positive_int, default=1,
+                      help="processes for the final evaluation, one thread each (about one per "
+                           "core); the accuracies do not depend on it")
 
 
 def add_train_parsers(subparsers):
@@ -259,7 +262,8 @@ def run_train(args):
                                    config.num_shots, config.eval_batch_size, config.eval_iters,
                                    args.eval_samples, np.random.default_rng([config.seed, 2, index]),
                                    config.transductive, config.replacement,
-                                   weight_decay=config.weight_decay, progress=progress)
+                                   weight_decay=config.weight_decay, progress=progress,
+                                   workers=args.eval_workers)
         results[name] = {"accuracy": accuracy, "ci95": ci, "tasks": args.eval_samples}
     if results:
         mode = "transductive" if config.transductive else "non-transductive"

@@ -11,11 +11,27 @@ snapshot of the inner optimiser's state (thrown away afterwards), then predict:
   N*K+1, and only its own prediction counts.
 
 BatchNorm always uses batch statistics, which is why the two protocols differ.
+
+The tasks are independent (each starts from theta and the same optimiser state), so
+`evaluate` can adapt to them in several processes (``workers``). The tasks and their
+mini-batches are still drawn in this process, in the serial order, and every worker
+runs single-threaded kernels, so the accuracies are identical for any number of workers.
 """
+import collections
+import concurrent.futures
+import contextlib
+import multiprocessing
+import os
+
 import numpy as np
 
+from . import kernels
 from .data.tasks import mean_confidence_interval, sample_task, split_eval_task
 from .meta import inner_loop, minibatches
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                    "NUMBA_NUM_THREADS")
+"""Thread counts a worker process reads when its libraries load; each worker gets 1."""
 
 
 def predict_queries(model, phi, train_x, query_x, transductive):
@@ -38,9 +54,17 @@ def evaluate_task(model, theta, optimizer, task, num_classes, eval_batch, eval_i
     Returns:
         The number of correctly classified queries (out of ``num_classes``).
     """
+    batches = minibatches(len(task[1]) - num_classes, eval_batch, eval_iters, rng, replacement)
+    return adapt_and_count(model, theta, optimizer, task, batches, num_classes, transductive,
+                           reduction, weight_decay)
+
+
+def adapt_and_count(model, theta, optimizer, task, batches, num_classes, transductive=False,
+                    reduction="sum", weight_decay=1.0):
+    """`evaluate_task` with its mini-batches (index arrays into the N*K training examples)
+    already drawn."""
     train_x, train_y, query_x, query_y = split_eval_task(*task, num_classes)
     state = optimizer.snapshot()
-    batches = minibatches(len(train_y), eval_batch, eval_iters, rng, replacement)
     phi = inner_loop(model, theta, train_x, train_y, batches, optimizer, reduction, weight_decay)
     optimizer.restore(state)
     return int(np.sum(predict_queries(model, phi, train_x, query_x, transductive) == query_y))
@@ -48,26 +72,108 @@ def evaluate_task(model, theta, optimizer, task, num_classes, eval_batch, eval_i
 
 def evaluate(model, theta, optimizer, split, num_classes, num_shots, eval_batch, eval_iters,
              num_tasks, rng, transductive=False, replacement=False, reduction="sum",
-             weight_decay=1.0, progress=None):
+             weight_decay=1.0, progress=None, workers=1):
     """Mean few-shot accuracy over ``num_tasks`` tasks, with a 95% confidence interval.
 
     Args:
         split: the `reptile_np.data.tasks.ClassImages` to draw tasks from.
         num_shots: K; every task is drawn with K+1 examples per class.
-        progress: optional `reptile_np.progress.Progress` updated per task.
+        progress: optional `reptile_np.progress.Progress` updated as tasks finish.
+        workers: processes that adapt to the tasks (1: this process alone). More workers
+            give the same accuracies, sooner when there are cores to run them.
 
     Returns:
         ``(accuracy, ci95_half_width, per_task_accuracies)``; the accuracy equals
         total correct / (num_tasks * num_classes), as the paper's code reports it.
     """
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
+        raise ValueError(f"workers must be an integer of at least 1, got {workers!r}.")
+    tasks = _draw_tasks(split, num_classes, num_shots, eval_batch, eval_iters, num_tasks, rng,
+                        replacement, theta.dtype)
+    settings = (num_classes, transductive, reduction, weight_decay)
+    if workers == 1:
+        counts = (adapt_and_count(model, theta, optimizer, task, batches, *settings)
+                  for task, batches in tasks)
+        accuracies = _collect(counts, num_tasks, num_classes, progress)
+    else:
+        with _worker_pool(workers, model, theta, optimizer, settings) as pool:
+            counts = _in_order(pool, tasks, in_flight=4 * workers)
+            accuracies = _collect(counts, num_tasks, num_classes, progress)
+    mean, half_width = mean_confidence_interval(accuracies)
+    return mean, half_width, accuracies
+
+
+def _draw_tasks(split, num_classes, num_shots, eval_batch, eval_iters, num_tasks, rng,
+                replacement, dtype):
+    """Each task with its mini-batches: its examples, then its batches, drawn from ``rng``."""
+    for _ in range(num_tasks):
+        task = sample_task(split, num_classes, num_shots + 1, rng, dtype=dtype)
+        yield task, minibatches(num_classes * num_shots, eval_batch, eval_iters, rng, replacement)
+
+
+def _collect(counts, num_tasks, num_classes, progress):
+    """Per-task accuracies from the correct-query counts, updating ``progress``."""
     accuracies = np.empty(num_tasks)
-    for index in range(num_tasks):
-        task = sample_task(split, num_classes, num_shots + 1, rng, dtype=theta.dtype)
-        correct = evaluate_task(model, theta, optimizer, task, num_classes, eval_batch,
-                                eval_iters, rng, transductive, replacement, reduction,
-                                weight_decay)
+    for index, correct in enumerate(counts):
         accuracies[index] = correct / num_classes
         if progress is not None:
             progress.update(index + 1, accuracy=f"{accuracies[:index + 1].mean():.3f}")
-    mean, half_width = mean_confidence_interval(accuracies)
-    return mean, half_width, accuracies
+    return accuracies
+
+
+def _in_order(pool, tasks, in_flight):
+    """The workers' counts for ``tasks``, in task order. At most ``in_flight`` tasks wait in
+    the pool: the next ones are drawn while the workers adapt, not all at once (10,000
+    Omniglot tasks would take 800 MB)."""
+    pending = collections.deque()
+    for task in tasks:
+        pending.append(pool.submit(_count_in_worker, task))
+        if len(pending) == in_flight:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+@contextlib.contextmanager
+def _worker_pool(workers, model, theta, optimizer, settings):
+    """``workers`` fresh processes holding the model, theta, the optimiser (its state as
+    of now) and the kernel backend. They start with one thread each: a worker per core,
+    and no thread pools fighting over the cores."""
+    # "spawn", not "fork": a forked child would keep this process's BLAS threads setting.
+    # Workers start as tasks arrive and read the environment then.
+    with _environment({name: "1" for name in THREAD_VARIABLES}), \
+            concurrent.futures.ProcessPoolExecutor(
+                workers, mp_context=multiprocessing.get_context("spawn"),
+                initializer=_start_worker,
+                initargs=(model, theta, optimizer, settings, kernels.get_backend())) as pool:
+        yield pool
+
+
+@contextlib.contextmanager
+def _environment(values):
+    """Set environment variables, restoring the previous values on exit."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+_WORKER = {}
+"""What `_start_worker` hands to `_count_in_worker`, in a worker process."""
+
+
+def _start_worker(model, theta, optimizer, settings, backend):
+    kernels.set_backend(backend)
+    _WORKER.update(model=model, theta=theta, optimizer=optimizer, settings=settings)
+
+
+def _count_in_worker(task_and_batches):
+    task, batches = task_and_batches
+    return adapt_and_count(_WORKER["model"], _WORKER["theta"], _WORKER["optimizer"], task,
+                           batches, *_WORKER["settings"])

@@ -42,11 +42,13 @@ def test_train_then_eval_writes_checkpoint_and_results(tmp_path):
     _, _, metadata = load_checkpoint(checkpoint_file(str(ckpt)))
     assert metadata["iteration"] == 12 and metadata["config"]["train"]["num_classes"] == 3
 
+    # Evaluated again, in two worker processes: same checkpoint, same evaluation seed.
     evaluated = run_cli("eval", *SMALL, "--meta-iters", "12", "--eval-samples", "4",
-                        "--checkpoint", str(ckpt), "--results", str(tmp_path / "again.json"))
+                        "--checkpoint", str(ckpt), "--results", str(tmp_path / "again.json"),
+                        "--eval-workers", "2")
     assert evaluated.returncode == 0, evaluated.stderr
     again = json.loads((tmp_path / "again.json").read_text())
-    assert again["results"] == results["results"]  # same checkpoint, same evaluation seed
+    assert again["results"] == results["results"]
 
 
 def test_resume_after_sigkill_is_bit_identical(tmp_path):
@@ -96,6 +98,12 @@ def test_bad_flags_fail_with_one_line(tmp_path, flags, fragment):
 def test_unknown_dataset_is_refused():
     done = run_cli("train", "--dataset", "cifar")
     assert done.returncode == 2 and "invalid choice" in done.stderr
+
+
+def test_eval_workers_below_one_is_refused():
+    done = run_cli("eval", "--eval-workers", "0")
+    assert done.returncode == 2
+    assert "--eval-workers" in done.stderr and "positive integer" in done.stderr
 
 
 def test_existing_checkpoint_is_not_overwritten_without_resume(tmp_path):

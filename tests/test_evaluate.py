@@ -1,0 +1,91 @@
+"""Few-shot evaluation in worker processes gives exactly the serial accuracies."""
+import concurrent.futures
+import os
+
+import numpy as np
+import pytest
+
+from reptile_np import evaluate as evaluation
+from reptile_np import optim
+from reptile_np.data.synthetic import load_synthetic
+from reptile_np.layers import BatchNorm2d, Conv2d, Flatten, Linear, ReLU
+from reptile_np.models import Sequential
+
+
+def _problem():
+    """Synthetic 16x16 glyphs, a small network of the paper's layer kinds, and an Adam state
+    that is not fresh."""
+    split = load_synthetic(5, 10, 8, size=16)["test"]
+    model = Sequential([Conv2d(1, 8, 3, stride=2, padding="same"), BatchNorm2d(8), ReLU(),
+                        Flatten(), Linear(512, 5)], input_shape=(1, 16, 16))
+    theta = model.init(np.random.default_rng(0))
+    optimizer = _adam(model)
+    optimizer.restore({"m": np.zeros(model.num_params), "t": 7,
+                       "v": np.full(model.num_params, 1e-4)})
+    return split, model, theta, optimizer
+
+
+def _adam(model):
+    return optim.Adam(model.num_params, lr=0.02, beta1=0.0)
+
+
+def _evaluate(split, model, theta, optimizer, transductive, workers):
+    return evaluation.evaluate(model, theta, optimizer, split, 5, 3, 5, 5, 12,
+                               np.random.default_rng(3), transductive=transductive,
+                               workers=workers)
+
+
+@pytest.mark.parametrize("transductive", [False, True])
+def test_workers_give_the_serial_accuracies(backend, transductive):
+    split, model, theta, optimizer = _problem()
+    before = optimizer.snapshot()
+    serial = _evaluate(split, model, theta, optimizer, transductive, workers=1)
+    parallel = _evaluate(split, model, theta, optimizer, transductive, workers=2)
+    np.testing.assert_array_equal(parallel[2], serial[2])
+    assert parallel[:2] == serial[:2]
+    # The workers adapted from this optimiser state (a fresh one changes the result), and
+    # the caller's optimiser is left as it was.
+    fresh = _adam(model)
+    assert not np.array_equal(_evaluate(split, model, theta, fresh, transductive, 1)[2], serial[2])
+    assert optimizer.t == before["t"]
+    np.testing.assert_array_equal(optimizer.v, before["v"])
+
+
+def test_workers_leave_the_thread_settings_of_this_process_alone(monkeypatch):
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    split, model, theta, optimizer = _problem()
+    _evaluate(split, model, theta, optimizer, False, workers=2)
+    assert os.environ["OPENBLAS_NUM_THREADS"] == "2" and "OMP_NUM_THREADS" not in os.environ
+
+
+def test_workers_see_one_thread_each():
+    with evaluation._worker_pool(2, None, None, None, None) as pool:
+        seen = list(pool.map(os.getenv, ["OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"]))
+    assert seen == ["1", "1"]
+
+
+@pytest.mark.parametrize("workers", [0, -1, 1.5, True])
+def test_bad_worker_counts_are_refused(workers):
+    split, model, theta, optimizer = _problem()
+    with pytest.raises(ValueError, match="workers"):
+        _evaluate(split, model, theta, optimizer, False, workers)
+
+
+class _RecordingPool:
+    """Runs each submitted call at once and counts the calls."""
+    submitted = 0
+
+    def submit(self, function, argument):
+        self.submitted += 1
+        future = concurrent.futures.Future()
+        future.set_result(argument)
+        return future
+
+
+def test_in_order_keeps_the_task_order_and_bounds_the_waiting_tasks():
+    pool = _RecordingPool()
+    for done, value in enumerate(evaluation._in_order(pool, iter(range(10)), in_flight=3)):
+        assert value == done and pool.submitted - done <= 3
+    assert pool.submitted == 10
+    assert list(evaluation._in_order(_RecordingPool(), iter([]), in_flight=3)) == []
