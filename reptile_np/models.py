@@ -226,7 +226,8 @@ def sine_mlp(hidden=(64, 64), activation="tanh", init="torch"):
     if activation not in activations:
         raise ValueError(f"activation must be 'tanh' or 'relu', got {activation!r}.")
     if not isinstance(hidden, (tuple, list)):
-        raise ValueError(f"hidden: expected a tuple of layer widths, got {checks.describe(hidden)}.")
+        raise ValueError(f"hidden: expected a tuple of layer widths, "
+                         f"got {checks.describe(hidden)}.")
     for index, size in enumerate(hidden):
         checks.integer(f"hidden[{index}]", size)
     layers, width = [], 1

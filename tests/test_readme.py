@@ -16,8 +16,8 @@ NEEDS = {"torch": "torch"}
 
 def python_blocks(text):
     """``(line, code)`` of each ```python block of ``text``, line being its fence's (1-based)."""
-    return [(text.count("\n", 0, match.start()) + 1, match.group(1))
-            for match in re.finditer(r"^```python\n(.*?)^```", text, flags=re.MULTILINE | re.DOTALL)]
+    fences = re.finditer(r"^```python\n(.*?)^```", text, flags=re.MULTILINE | re.DOTALL)
+    return [(text.count("\n", 0, match.start()) + 1, match.group(1)) for match in fences]
 
 
 BLOCKS = python_blocks(README.read_text(encoding="utf-8"))
