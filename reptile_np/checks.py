@@ -23,7 +23,7 @@ def describe(value):
         return f"{value.dtype} array of shape {value.shape}"
     if isinstance(value, (list, tuple)):
         return f"{type(value).__name__} of length {len(value)}"
-    if value is None or isinstance(value, (numbers.Number, str, np.dtype, type)):
+    if value is None or isinstance(value, (numbers.Number, str)):
         text = repr(value)
         if len(text) <= 40:
             return text
