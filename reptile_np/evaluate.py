@@ -25,7 +25,7 @@ import os
 
 import numpy as np
 
-from . import kernels
+from . import checks, kernels
 from .data.tasks import mean_confidence_interval, sample_task, split_eval_task
 from .meta import inner_loop, minibatches
 
@@ -53,7 +53,13 @@ def evaluate_task(model, theta, optimizer, task, num_classes, eval_batch, eval_i
 
     Returns:
         The number of correctly classified queries (out of ``num_classes``).
+
+    Raises:
+        ValueError: naming ``task``, ``num_classes``, ``eval_batch``, ``eval_iters`` or
+            ``rng`` (see `_check_adaptation`).
     """
+    checks.task("task", task)
+    _check_adaptation(model, theta, num_classes, eval_batch, eval_iters, rng)
     batches = minibatches(len(task[1]) - num_classes, eval_batch, eval_iters, rng, replacement)
     return adapt_and_count(model, theta, optimizer, task, batches, num_classes, transductive,
                            reduction, weight_decay)
@@ -85,9 +91,15 @@ def evaluate(model, theta, optimizer, split, num_classes, num_shots, eval_batch,
     Returns:
         ``(accuracy, ci95_half_width, per_task_accuracies)``; the accuracy equals
         total correct / (num_tasks * num_classes), as the paper's code reports it.
+
+    Raises:
+        ValueError: naming ``num_shots``, ``num_tasks`` or ``workers`` (integers >= 1),
+            or an argument `_check_adaptation` checks; `sample_task` checks the split.
     """
-    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
-        raise ValueError(f"workers must be an integer of at least 1, got {workers!r}.")
+    _check_adaptation(model, theta, num_classes, eval_batch, eval_iters, rng)
+    checks.integer("num_shots", num_shots)
+    checks.integer("num_tasks", num_tasks)
+    checks.integer("workers", workers)
     tasks = _draw_tasks(split, num_classes, num_shots, eval_batch, eval_iters, num_tasks, rng,
                         replacement, theta.dtype)
     settings = (num_classes, transductive, reduction, weight_decay)
@@ -101,6 +113,21 @@ def evaluate(model, theta, optimizer, split, num_classes, num_shots, eval_batch,
             accuracies = _collect(counts, num_tasks, num_classes, progress)
     mean, half_width = mean_confidence_interval(accuracies)
     return mean, half_width, accuracies
+
+
+def _check_adaptation(model, theta, num_classes, eval_batch, eval_iters, rng):
+    """The checks `evaluate` and `evaluate_task` share.
+
+    Raises:
+        ValueError: naming ``theta`` (not the model's flat float vector), ``num_classes``
+            or ``eval_batch`` (not integers >= 1), ``eval_iters`` (not an integer >= 0)
+            or ``rng`` (not a Generator).
+    """
+    model.layout.check(theta)
+    checks.integer("num_classes", num_classes)
+    checks.integer("eval_batch", eval_batch)
+    checks.integer("eval_iters", eval_iters, low=0)
+    checks.generator("rng", rng)
 
 
 def _draw_tasks(split, num_classes, num_shots, eval_batch, eval_iters, num_tasks, rng,

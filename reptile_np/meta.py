@@ -19,7 +19,7 @@ steps as a float64 reference tool for small networks.
 """
 import numpy as np
 
-from . import kernels, optim
+from . import checks, kernels, optim
 
 
 def minibatches(num_samples, batch_size, num_batches, rng, replacement=False):
@@ -39,10 +39,16 @@ def minibatches(num_samples, batch_size, num_batches, rng, replacement=False):
 
     Returns:
         A list of ``num_batches`` int arrays of length ``batch_size``.
+
+    Raises:
+        ValueError: naming the argument, unless num_samples and batch_size are integers
+            >= 1, num_batches an integer >= 0 and rng a Generator (and, with replacement,
+            batch_size <= num_samples).
     """
-    if batch_size < 1 or num_batches < 0 or num_samples < 1:
-        raise ValueError(f"minibatches needs num_samples >= 1, batch_size >= 1 and "
-                         f"num_batches >= 0, got {num_samples}, {batch_size}, {num_batches}.")
+    checks.integer("num_samples", num_samples)
+    checks.integer("batch_size", batch_size)
+    checks.integer("num_batches", num_batches, low=0)
+    checks.generator("rng", rng)
     if replacement:
         if batch_size > num_samples:
             raise ValueError(f"batch_size must be at most num_samples ({num_samples}) when "
@@ -72,9 +78,15 @@ def inner_loop(model, theta, x, y, batches, optimizer, reduction="sum", weight_d
     Returns:
         phi, the adapted parameters.
 
+    Raises:
+        ValueError: naming ``y`` when it has not one entry per example of ``x`` (the
+            model checks theta, shapes and labels).
+
     A multilayer perceptron under plain SGD (the sine model) takes a compiled path with
     the same result up to rounding; see `kernels.mlp_sgd_inner_loop`.
     """
+    # Only length comparisons here: this runs thousands of times a second on the sine MLP.
+    checks.same_length("y", x, y)
     structure = model.mlp_structure()
     if structure is not None and type(optimizer) is optim.SGD:
         index = _index_matrix(batches)
@@ -123,7 +135,15 @@ def meta_step_size(iteration, meta_iters, initial, final):
 
     It never quite reaches ``final``: the last iteration (i = M - 1) uses
     ``initial + (final - initial) * (M - 1) / M``.
+
+    Raises:
+        ValueError: naming ``meta_iters`` (an integer >= 1), ``iteration`` (an integer
+            from 0 to meta_iters - 1), ``initial`` or ``final`` (finite numbers).
     """
+    checks.integer("meta_iters", meta_iters)
+    checks.integer("iteration", iteration, 0, meta_iters - 1, "meta_iters - 1")
+    checks.number("initial", initial)
+    checks.number("final", final)
     fraction = iteration / meta_iters
     return fraction * final + (1 - fraction) * initial
 
@@ -134,15 +154,40 @@ def task_batches(y, inner_batch, inner_iters, rng, replacement=False, tail_shots
     With ``tail_shots`` (FOMAML's "separate tail", REFERENCE a.3): the first
     ``tail_shots`` examples of every label are set aside; ``inner_iters - 1`` batches are
     drawn from the rest, and the last batch is exactly the set-aside examples.
+
+    Raises:
+        ValueError: naming ``tail_shots`` (an integer >= 1 that leaves examples for the
+            other batches), ``inner_iters`` (>= 1 with a tail) or, via `minibatches`,
+            the others.
     """
     if tail_shots is None:
         return minibatches(len(y), inner_batch, inner_iters, rng, replacement)
+    checks.integer("tail_shots", tail_shots)
+    checks.integer("inner_iters", inner_iters)
     tail = np.concatenate([np.flatnonzero(y == label)[:tail_shots] for label in np.unique(y)])
     rest = np.setdiff1d(np.arange(len(y)), tail)
     if len(rest) == 0:
-        raise ValueError(f"tail_shots ({tail_shots}) leaves no examples for the inner batches.")
+        raise ValueError(f"tail_shots: expected fewer than the shots of every label, got "
+                         f"{tail_shots}, which leaves no examples for the other batches.")
     head = minibatches(len(rest), inner_batch, inner_iters - 1, rng, replacement)
     return [rest[batch] for batch in head] + [tail]
+
+
+def _check_step_arguments(model, theta, tasks, rng, inner_batch, inner_iters, epsilon):
+    """The checks the meta-steps share, once per meta-iteration.
+
+    Raises:
+        ValueError: naming ``theta`` (not the model's flat float vector), ``tasks`` (not
+            a non-empty list of ``(x, y)`` pairs of equal lengths), ``rng`` (not a
+            Generator), ``inner_batch`` or ``inner_iters`` (not integers >= 1) or
+            ``epsilon`` (not a finite number).
+    """
+    model.layout.check(theta)
+    checks.tasks("tasks", tasks)
+    checks.generator("rng", rng)
+    checks.integer("inner_batch", inner_batch)
+    checks.integer("inner_iters", inner_iters)
+    checks.number("epsilon", epsilon)
 
 
 def reptile_step(model, theta, tasks, optimizer, rng, inner_batch, inner_iters, epsilon,
@@ -156,7 +201,11 @@ def reptile_step(model, theta, tasks, optimizer, rng, inner_batch, inner_iters, 
 
     Returns:
         The new theta, ``theta + epsilon * (mean_j phi_j - theta)``.
+
+    Raises:
+        ValueError: see `_check_step_arguments`.
     """
+    _check_step_arguments(model, theta, tasks, rng, inner_batch, inner_iters, epsilon)
     phis = []
     for x, y in tasks:
         batches = minibatches(len(y), inner_batch, inner_iters, rng, replacement)
@@ -177,7 +226,11 @@ def fomaml_step(model, theta, tasks, optimizer, rng, inner_batch, inner_iters, e
 
     Returns:
         ``theta + epsilon * mean_j (phi_j - phi_j_before_last_step)``.
+
+    Raises:
+        ValueError: see `_check_step_arguments` and `task_batches`.
     """
+    _check_step_arguments(model, theta, tasks, rng, inner_batch, inner_iters, epsilon)
     deltas = []
     for x, y in tasks:
         batches = task_batches(y, inner_batch, inner_iters, rng, replacement, tail_shots)
@@ -198,9 +251,14 @@ def combination_step(model, theta, tasks, optimizer, rng, inner_batch, inner_ite
 
     Returns:
         ``theta + epsilon * mean_j sum_i step_weights[i] * (phi_j,i+1 - phi_j,i)``.
+
+    Raises:
+        ValueError: see `_check_step_arguments`; naming ``step_weights`` unless it has
+            ``inner_iters`` entries.
     """
+    _check_step_arguments(model, theta, tasks, rng, inner_batch, inner_iters, epsilon)
     if len(step_weights) != inner_iters:
-        raise ValueError(f"step_weights must have inner_iters = {inner_iters} entries, "
+        raise ValueError(f"step_weights: expected inner_iters = {inner_iters} weights, "
                          f"got {len(step_weights)}.")
     combined = np.zeros_like(theta)
     for x, y in tasks:

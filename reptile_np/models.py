@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import losses
+from . import checks, losses
 from .layers import BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU, Tanh
 from .params import ParameterLayout
 
@@ -82,9 +82,17 @@ class Sequential:
         return f"Sequential(input_shape={self.input_shape}, loss={self.loss_name!r}):{body}\n"
 
     def init(self, rng, dtype=np.float32):
-        """A fresh flat parameter vector drawn with ``rng`` (a numpy Generator)."""
-        if not isinstance(rng, np.random.Generator):
-            raise ValueError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}.")
+        """A fresh flat parameter vector drawn with ``rng``.
+
+        Args:
+            rng: the `numpy.random.Generator` to draw the weights with.
+            dtype: float32 (to train) or float64 (to check gradients).
+
+        Raises:
+            ValueError: naming ``rng`` or ``dtype`` when it is not one of those.
+        """
+        checks.generator("rng", rng)
+        dtype = checks.float_dtype("dtype", dtype)
         tensors = [t for layer in self.layers for t in layer.init(rng, dtype)]
         return np.concatenate([np.ravel(t) for t in tensors]).astype(dtype)
 
@@ -93,7 +101,12 @@ class Sequential:
         return self.layout.state_dict(theta)
 
     def load_state_dict(self, state_dict, dtype=None):
-        """Flat vector from ``{name: array}``; checks names and shapes."""
+        """Flat vector from ``{name: array}``; checks names, shapes and dtypes.
+
+        Without ``dtype`` every tensor must have the same dtype, float32 or float64, which
+        the result keeps; give ``dtype`` to convert tensors of mixed or other dtypes. See
+        `params.ParameterLayout.flatten`.
+        """
         return self.layout.flatten(state_dict, dtype)
 
     def _layer_params(self, theta):
@@ -167,7 +180,12 @@ class Sequential:
 
 def omniglot_cnn(num_classes=5, eps=1e-3):
     """The paper's Omniglot network: 4 x [conv 3x3, 64, stride 2, TF "same" -> BN -> ReLU]
-    -> flatten (64 x 2 x 2 = 256) -> linear. Input (N, 1, 28, 28); 113,221 parameters for 5 classes."""
+    -> flatten (64 x 2 x 2 = 256) -> linear. Input (N, 1, 28, 28); 113,221 parameters for 5 classes.
+
+    Raises:
+        ValueError: naming ``num_classes`` (an integer >= 1) or ``eps`` (positive).
+    """
+    _check_classifier_arguments(num_classes, eps)
     layers, channels = [], 1
     for _ in range(4):
         layers += [Conv2d(channels, 64, 3, stride=2, padding="same"), BatchNorm2d(64, eps), ReLU()]
@@ -179,7 +197,12 @@ def omniglot_cnn(num_classes=5, eps=1e-3):
 def miniimagenet_cnn(num_classes=5, eps=1e-3):
     """The paper's Mini-ImageNet network: 4 x [conv 3x3, 32, "same" -> BN -> max-pool 2x2
     TF "same" -> ReLU] (84 -> 42 -> 21 -> 11 -> 6) -> flatten (32 x 6 x 6 = 1152) -> linear.
-    Input (N, 3, 84, 84); 34,661 parameters for 5 classes."""
+    Input (N, 3, 84, 84); 34,661 parameters for 5 classes.
+
+    Raises:
+        ValueError: naming ``num_classes`` (an integer >= 1) or ``eps`` (positive).
+    """
+    _check_classifier_arguments(num_classes, eps)
     layers, channels = [], 3
     for _ in range(4):
         layers += [Conv2d(channels, 32, 3, stride=1, padding="same"), BatchNorm2d(32, eps),
@@ -195,16 +218,29 @@ def sine_mlp(hidden=(64, 64), activation="tanh", init="torch"):
     The defaults are the OpenAI blog demo's: tanh, PyTorch's default initialisation
     (U(+-1/sqrt(fan_in)) for weights and biases); ``activation="relu"`` is the paper's
     Figure 1 variant.
+
+    Raises:
+        ValueError: naming ``hidden`` (a sequence of integers >= 1) or ``activation``.
     """
     activations = {"tanh": Tanh, "relu": ReLU}
     if activation not in activations:
         raise ValueError(f"activation must be 'tanh' or 'relu', got {activation!r}.")
+    if not isinstance(hidden, (tuple, list)):
+        raise ValueError(f"hidden: expected a tuple of layer widths, "
+                         f"got {checks.describe(hidden)}.")
+    for index, size in enumerate(hidden):
+        checks.integer(f"hidden[{index}]", size)
     layers, width = [], 1
     for size in hidden:
         layers += [Linear(width, size, init=init), activations[activation]()]
         width = size
     layers.append(Linear(width, 1, init=init))
     return Sequential(layers, input_shape=(1,), loss="mse")
+
+
+def _check_classifier_arguments(num_classes, eps):
+    checks.integer("num_classes", num_classes)
+    checks.number("eps", eps, positive=True)
 
 
 MODELS = {"omniglot": omniglot_cnn, "miniimagenet": miniimagenet_cnn, "sine": sine_mlp}

@@ -8,7 +8,8 @@ tensors for layers, saving and cross-checking.
 """
 import numpy as np
 
-FLOAT_DTYPES = (np.float32, np.float64)
+from . import checks
+from .checks import FLOAT_DTYPES
 
 
 class ParameterLayout:
@@ -49,9 +50,18 @@ class ParameterLayout:
         Args:
             state_dict: mapping with exactly the layout's names and shapes (array-likes,
                 e.g. NumPy arrays or CPU tensors converted with ``.numpy()``).
-            dtype: dtype of the result; default: that of the first tensor (float32
-                or float64).
+            dtype: dtype of the result, float32 or float64. Default: the tensors' own
+                dtype, which must then be one of those two and the same for every tensor:
+                mixed dtypes are refused rather than resolved by the order of the entries.
+
+        Raises:
+            ValueError: naming ``state_dict`` (or the entry) for a non-mapping, missing or
+                unexpected names, a wrong shape, or mixed or non-float dtypes without
+                ``dtype``; naming ``dtype`` for a dtype other than float32/float64.
         """
+        checks.mapping("state_dict", state_dict, "parameter names to arrays")
+        if dtype is not None:
+            dtype = checks.float_dtype("dtype", dtype)
         missing = [name for name in self.names if name not in state_dict]
         extra = [name for name in state_dict if name not in self.names]
         if missing or extra:
@@ -61,7 +71,21 @@ class ParameterLayout:
         for name, shape, array in zip(self.names, self.shapes, arrays):
             if array.shape != shape:
                 raise ValueError(f"state_dict[{name!r}] must have shape {shape}, got {array.shape}.")
-        dtype = np.dtype(dtype if dtype is not None else arrays[0].dtype)
-        if dtype not in FLOAT_DTYPES:
-            raise ValueError(f"dtype must be float32 or float64, got {dtype}.")
+        if dtype is None:
+            dtype = self._common_dtype(arrays)
         return np.concatenate([a.ravel() for a in arrays]).astype(dtype, copy=False)
+
+    def _common_dtype(self, arrays):
+        """The one float32/float64 dtype of ``arrays`` (the layout's tensors, in order)."""
+        first = {}  # dtype -> name of its first tensor
+        for name, array in zip(self.names, arrays):
+            first.setdefault(array.dtype, name)
+        if len(first) > 1:
+            (dtype_a, name_a), (dtype_b, name_b) = list(first.items())[:2]
+            raise ValueError(f"state_dict: expected one dtype for every tensor (or an explicit "
+                             f"dtype=), got {dtype_a} in {name_a!r} and {dtype_b} in {name_b!r}.")
+        (dtype, name), = first.items()
+        if dtype not in FLOAT_DTYPES:
+            raise ValueError(f"state_dict: expected float32 or float64 tensors (or an explicit "
+                             f"dtype=), got {dtype} in {name!r}.")
+        return dtype

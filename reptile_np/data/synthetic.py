@@ -8,6 +8,7 @@ Everything is vectorised NumPy: 100 classes x 20 samples take a few milliseconds
 """
 import numpy as np
 
+from reptile_np import checks
 from reptile_np.data.tasks import ClassImages
 
 _MIN_VERTICES = 3
@@ -34,8 +35,7 @@ def make_synthetic(num_classes, samples_per_class, size=28, seed=0, channels=1):
     for name, value, low in (("num_classes", num_classes, 1),
                              ("samples_per_class", samples_per_class, 1),
                              ("size", size, 16), ("channels", channels, 1)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise ValueError(f"{name}: expected an integer of at least {low}, got {value!r}.")
+        checks.integer(name, value, low)
     rng = np.random.default_rng(seed)
     # Stroke width, shift and corner jitter grow with the image, so a glyph looks the same
     # at 28x28 and at 84x84.
@@ -77,8 +77,7 @@ def load_synthetic(num_train_classes=200, num_test_classes=100, samples_per_clas
     """
     for name, value in (("num_train_classes", num_train_classes),
                         ("num_test_classes", num_test_classes)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name}: expected an integer of at least 1, got {value!r}.")
+        checks.integer(name, value)
     # One draw split in two: the glyphs are independent, so the classes are disjoint.
     full = make_synthetic(num_train_classes + num_test_classes, samples_per_class, size,
                           seed, channels)

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from reptile_np import checks
+
 PILLOW_MISSING = "Decoding images needs Pillow: pip install 'reptile-np[data]'"
 
 
@@ -32,13 +34,12 @@ class ClassImages:
                 or self.images.ndim != 5:
             raise ValueError(
                 "images: expected a uint8 array of shape (classes, samples, C, H, W), got "
-                f"{_describe(self.images)}.")
+                f"{checks.describe(self.images)}.")
         names = tuple(str(name) for name in self.names)
         if len(names) != self.images.shape[0]:
             raise ValueError(
                 f"names: expected one name per class ({self.images.shape[0]}), got {len(names)}.")
-        if not self.scale > 0:
-            raise ValueError(f"scale: expected a positive number, got {self.scale!r}.")
+        checks.number("scale", self.scale, positive=True)
         object.__setattr__(self, "names", names)
 
     @property
@@ -65,22 +66,25 @@ def sample_task(split, num_classes, num_shots, rng, dtype=np.float32):
         num_classes: N, the number of classes in the task.
         num_shots: K, the number of distinct samples drawn from each class.
         rng: The `numpy.random.Generator` that makes every random choice.
-        dtype: Floating dtype of the returned images.
+        dtype: Dtype of the returned images, float32 or float64.
 
     Returns:
         A tuple (x, y). x has shape (N*K, C, H, W), the given dtype and values in [0, 1];
         y is int64 of shape (N*K,). Examples come class by class: the first K have label 0,
         the next K label 1, and so on. Label j belongs to the j-th class chosen, so the
         label-to-class assignment is a fresh random permutation for every task.
+
+    Raises:
+        ValueError: naming the argument, for a split that is not a `ClassImages`, N or K
+            not an integer from 1 to what the split holds, an ``rng`` that is not a
+            Generator, or another dtype.
     """
     if not isinstance(split, ClassImages):
-        raise TypeError(f"split: expected a ClassImages, got {type(split).__name__}.")
-    _check_count("num_classes", num_classes, split.num_classes, "the classes in this split")
-    _check_count("num_shots", num_shots, split.samples_per_class, "the samples per class")
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError(f"rng: expected a numpy.random.Generator, got {type(rng).__name__}.")
-    if np.dtype(dtype).kind != "f":
-        raise ValueError(f"dtype: expected a floating dtype, got {np.dtype(dtype)}.")
+        raise ValueError(f"split: expected a ClassImages, got {checks.describe(split)}.")
+    checks.integer("num_classes", num_classes, 1, split.num_classes, "the classes in this split")
+    checks.integer("num_shots", num_shots, 1, split.samples_per_class, "the samples per class")
+    checks.generator("rng", rng)
+    checks.float_dtype("dtype", dtype)
     classes = rng.permutation(split.num_classes)[:num_classes]
     # One independent permutation of the sample indices per chosen class; its first K
     # entries are K distinct samples.
@@ -112,8 +116,9 @@ def split_eval_task(x, y, num_classes):
     y = np.asarray(y)
     if y.ndim != 1 or len(y) != len(x) or y.dtype.kind not in "iu":
         raise ValueError(
-            f"y: expected integer labels of shape ({len(x)},), got {_describe(y)}.")
-    _check_count("num_classes", num_classes, max(len(y) // 2, 1), "half the number of examples")
+            f"y: expected integer labels of shape ({len(x)},), got {checks.describe(y)}.")
+    checks.integer("num_classes", num_classes, 1, max(len(y) // 2, 1),
+                   "half the number of examples")
     if y.size == 0 or y.min() < 0 or y.max() >= num_classes \
             or np.bincount(y, minlength=num_classes).min() < 2:
         raise ValueError(
@@ -157,19 +162,6 @@ def require_pillow():
     except ImportError:
         raise ImportError(PILLOW_MISSING) from None
     return Image
-
-
-def _check_count(name, value, limit, what):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
-            or not 1 <= value <= limit:
-        raise ValueError(
-            f"{name}: expected an integer from 1 to {limit} ({what}), got {value!r}.")
-
-
-def _describe(value):
-    if isinstance(value, np.ndarray):
-        return f"{value.dtype} array of shape {value.shape}"
-    return type(value).__name__
 
 
 def _label_counts(y):
