@@ -69,7 +69,7 @@ def _array(kernel, name, a, ndim, dtype_of=None):
     if not isinstance(a, np.ndarray):
         _fail(kernel, f"{name} must be a NumPy array, got {type(a).__name__}")
     if ndim is not None and a.ndim != ndim:
-        _fail(kernel, f"{name} must have {ndim} dimensions, got shape {a.shape}")
+        _fail(kernel, f"{name} must be a {ndim}-D array, got shape {a.shape}")
     if dtype_of is None:
         if a.dtype not in FLOATS:
             _fail(kernel, f"{name} must be float32 or float64, got {a.dtype}")
@@ -86,10 +86,15 @@ def _array4(kernel, name, a, dtype_of=None):
         _fail(kernel, f"{name} must not be empty, got shape {a.shape}")
 
 
-def _shape(kernel, name, a, shape, what):
-    """a.shape must be ``shape``, described by ``what`` in the message."""
+def _shape(kernel, name, a, shape, why):
+    """a.shape must be ``shape``; ``why`` says where it comes from."""
     if a.shape != shape:
-        _fail(kernel, f"{name} must have {what} {shape}, got {a.shape}")
+        _fail(kernel, f"{name} must have shape {shape}, {why}, got {a.shape}")
+
+
+def _same_shape(kernel, name, a, other_name, other):
+    if a.shape != other.shape:
+        _fail(kernel, f"{name} must have the shape of {other_name} {other.shape}, got {a.shape}")
 
 
 def _updated_in_place(kernel, name, a):
@@ -128,9 +133,9 @@ def _window(kernel, window, kh, kw, x_shape, stride, pad):
             output_size(x_shape[3], kw, stride, pad[2], pad[3]))
 
 
-def _output_gradient(kernel, dy, shape):
-    """dy must have the output shape the geometry implies."""
-    _shape(kernel, "dy", dy, tuple(shape), "the output shape")
+def _output_gradient(kernel, dy, shape, sources):
+    """dy must have the output shape that the arguments named in ``sources`` imply."""
+    _shape(kernel, "dy", dy, tuple(shape), f"the output shape for {sources}")
 
 
 def _pool_size(kernel, size):
@@ -165,7 +170,8 @@ def conv2d_backward_input(dy, w, x_shape, stride, pad, kernel="conv2d_backward_i
     _dims(kernel, "x_shape", x_shape, "(N, C, H, W)")
     _channels(kernel, "w", w.shape, "x_shape", x_shape[1])
     out_h, out_w = _window(kernel, "w", w.shape[2], w.shape[3], x_shape, stride, pad)
-    _output_gradient(kernel, dy, (x_shape[0], w.shape[0], out_h, out_w))
+    _output_gradient(kernel, dy, (x_shape[0], w.shape[0], out_h, out_w),
+                     "x_shape, w, stride and pad")
 
 
 def conv2d_backward_weight(dy, x, w_shape, stride, pad):
@@ -177,7 +183,8 @@ def conv2d_backward_weight(dy, x, w_shape, stride, pad):
     _dims(kernel, "w_shape", w_shape, "(O, C, KH, KW)")
     _channels(kernel, "w_shape", w_shape, "x", x.shape[1])
     out_h, out_w = _window(kernel, "w_shape", w_shape[2], w_shape[3], x.shape, stride, pad)
-    _output_gradient(kernel, dy, (x.shape[0], w_shape[0], out_h, out_w))
+    _output_gradient(kernel, dy, (x.shape[0], w_shape[0], out_h, out_w),
+                     "x, w_shape, stride and pad")
 
 
 def conv2d_backward(dy, w, x_shape, stride, pad):
@@ -213,11 +220,12 @@ def maxpool2d_backward(dy, argmax, x_shape, size, stride, pad):
     _dims(kernel, "x_shape", x_shape, "(N, C, H, W)")
     _pool_size(kernel, size)
     out_h, out_w = _window(kernel, "size", size, size, x_shape, stride, pad)
-    _output_gradient(kernel, dy, (x_shape[0], x_shape[1], out_h, out_w))
+    _output_gradient(kernel, dy, (x_shape[0], x_shape[1], out_h, out_w),
+                     "x_shape, size, stride and pad")
     if not isinstance(argmax, np.ndarray) or argmax.dtype != np.int8:
         _fail(kernel, f"argmax must be an int8 array (maxpool2d_forward's winners), got "
                       f"{getattr(argmax, 'dtype', type(argmax).__name__)}")
-    _shape(kernel, "argmax", argmax, dy.shape, "the shape of dy")
+    _same_shape(kernel, "argmax", argmax, "dy", dy)
     # Seen as uint8, negative winners are >= 128: one max checks both ends of the range.
     if argmax.view(np.uint8).max() >= size * size:
         _fail(kernel, f"argmax must hold taps in [0, {size * size}) of a {size} x {size} "
@@ -230,7 +238,7 @@ def batchnorm2d_forward(x, gamma, beta, eps):
     _array4(kernel, "x", x)
     for name, vector in (("gamma", gamma), ("beta", beta)):
         _array(kernel, name, vector, 1, ("x", x))
-        _shape(kernel, name, vector, x.shape[1:2], "x's channel count as shape")
+        _shape(kernel, name, vector, x.shape[1:2], "x's channel count")
 
 
 def batchnorm2d_backward(dy, x_hat, inv_std, gamma):
@@ -239,10 +247,10 @@ def batchnorm2d_backward(dy, x_hat, inv_std, gamma):
     kernel = "batchnorm2d_backward"
     _array4(kernel, "dy", dy)
     _array4(kernel, "x_hat", x_hat, ("dy", dy))
-    _shape(kernel, "x_hat", x_hat, dy.shape, "the shape of dy")
+    _same_shape(kernel, "x_hat", x_hat, "dy", dy)
     for name, vector in (("inv_std", inv_std), ("gamma", gamma)):
         _array(kernel, name, vector, 1, ("dy", dy))
-        _shape(kernel, name, vector, dy.shape[1:2], "dy's channel count as shape")
+        _shape(kernel, name, vector, dy.shape[1:2], "dy's channel count")
 
 
 def relu_forward(x):
@@ -256,7 +264,7 @@ def relu_backward(dy, y):
     kernel = "relu_backward"
     _array(kernel, "dy", dy, None)
     _array(kernel, "y", y, None, ("dy", dy))
-    _shape(kernel, "y", y, dy.shape, "the shape of dy")
+    _same_shape(kernel, "y", y, "dy", dy)
 
 
 def adam_update(params, grad, m, v):
@@ -267,7 +275,7 @@ def adam_update(params, grad, m, v):
     _updated_in_place(kernel, "params", params)
     for name, vector in (("grad", grad), ("m", m), ("v", v)):
         _array(kernel, name, vector, 1, ("params", params))
-        _shape(kernel, name, vector, params.shape, "the shape of params")
+        _same_shape(kernel, name, vector, "params", params)
     _updated_in_place(kernel, "m", m)
     _updated_in_place(kernel, "v", v)
 
@@ -287,7 +295,7 @@ def mlp_sgd_inner_loop(phi, widths, activation, x_batches, y_batches, reduction)
         _fail(kernel, f"widths must be at least 2 integers >= 1, got {widths!r}")
     _array(kernel, "phi", phi, 1)
     _shape(kernel, "phi", phi, (parameter_count(widths),),
-           f"the parameter count of widths {tuple(widths)} as shape")
+           f"the parameter count of widths {tuple(widths)}")
     _updated_in_place(kernel, "phi", phi)
     _array(kernel, "x_batches", x_batches, 3, ("phi", phi))
     if x_batches.shape[2] != widths[0] or x_batches.shape[1] == 0:
@@ -295,4 +303,4 @@ def mlp_sgd_inner_loop(phi, widths, activation, x_batches, y_batches, reduction)
                       f"got {x_batches.shape}")
     _array(kernel, "y_batches", y_batches, 3, ("phi", phi))
     _shape(kernel, "y_batches", y_batches, x_batches.shape[:2] + (widths[-1],),
-           "x_batches' (S, B) and widths[-1] as shape")
+           "x_batches' (S, B) and widths[-1]")
