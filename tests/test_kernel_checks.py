@@ -180,7 +180,9 @@ CASES = (_conv_forward_cases("conv2d_forward") + _conv_forward_cases("conv2d_for
     ("maxpool2d_forward", pool_forward_args, {"x": lambda a: a["x"].astype(np.int32)}, "x"),
     ("maxpool2d_forward", pool_forward_args, {"x": lambda a: a["x"][0]}, "x"),
     ("maxpool2d_forward", pool_forward_args, {"size": 0}, "size"),
-    ("maxpool2d_forward", pool_forward_args, {"size": 12}, "size"),   # 144 taps overflow int8
+    ("maxpool2d_forward", pool_forward_args, {"size": 12}, "size"),
+    ("maxpool2d_forward", pool_forward_args,                         # 144 taps overflow int8
+     {"x": _normal((1, 1, 12, 12)), "size": 12}, "size"),
     ("maxpool2d_forward", pool_forward_args, {"size": 2.0}, "size"),
     ("maxpool2d_forward", pool_forward_args, {"size": 8}, "size"),    # wider than 6
 ] + _geometry_cases("maxpool2d_forward", pool_forward_args) + [
@@ -189,6 +191,9 @@ CASES = (_conv_forward_cases("conv2d_forward") + _conv_forward_cases("conv2d_for
     ("maxpool2d_backward", pool_backward_args, {"x_shape": (2, 3, 9, 6)}, "dy"),
     ("maxpool2d_backward", pool_backward_args, {"x_shape": (2, 3, 7, -6)}, "x_shape"),
     ("maxpool2d_backward", pool_backward_args, {"size": 12}, "size"),
+    ("maxpool2d_backward", pool_backward_args,
+     {"dy": _normal((2, 3, 1, 1)), "argmax": np.zeros((2, 3, 1, 1), np.int8),
+      "x_shape": (2, 3, 12, 12), "size": 12, "pad": (0, 0, 0, 0)}, "size"),
     ("maxpool2d_backward", pool_backward_args,
      {"argmax": lambda a: a["argmax"].astype(np.int64)}, "argmax"),
     ("maxpool2d_backward", pool_backward_args, {"argmax": lambda a: a["argmax"].tolist()},
@@ -339,10 +344,12 @@ def test_adam_of_10_parameters_stepping_113221_leaves_every_array_untouched(back
 
 
 @pytest.mark.parametrize("kernel, spoilers", [
-    ("adam_update", {"v": np.zeros(10, np.float32)}),
-    ("mlp_sgd_inner_loop", {"y_batches": _normal((2, 4, 1))}),
+    ("adam_update", {"v": np.zeros(113231, np.float32)}),
+    ("mlp_sgd_inner_loop", {"y_batches": _normal((4, 4, 1))}),
 ], ids=["adam_update", "mlp_sgd_inner_loop"])
 def test_a_refused_call_changes_nothing_in_place(backend, kernel, spoilers):
+    """Spoilers longer than needed, so that an unchecked twin would run to the end (no
+    out-of-bounds access) and change params, m or phi: the checks come before any work."""
     args = BUILDERS[kernel]()
     originals = {name: value.copy() for name, value in args.items() if isinstance(value, np.ndarray)}
     args.update(spoilers)
