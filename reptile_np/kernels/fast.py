@@ -18,6 +18,8 @@ runs longer:
 `conv2d_backward` reuses them, so a training step gathers each input and
 rearranges each weight once (the NumPy twins save x itself). Batch normalisation, ReLU, max-pooling and
 the Adam update are one-pass loops. Public functions are Python glue: they
+check their arguments (`checks`, shared with the NumPy twins: the cores do no bounds
+checks, so arguments that do not fit would read or write outside an array),
 allocate, call the jitted cores below and BLAS (``@``), and reshape.
 
 Threads. The jitted cores are serial on purpose. The matrix products hold most
@@ -47,7 +49,8 @@ import os
 import numpy as np
 from numba import njit
 
-from .reference import output_size
+from . import checks
+from .checks import output_size
 
 FASTMATH = os.environ.get("REPTILE_NP_FASTMATH", "0").strip() == "1"
 CACHE = os.environ.get("REPTILE_NP_NUMBA_CACHE", "1").strip() != "0" and not FASTMATH
@@ -242,6 +245,16 @@ def _geometry(w_shape, stride, pad, out_h, out_w):
     return (w_shape[2], w_shape[3], stride, pad[0], pad[2], out_h, out_w)
 
 
+def _saved_shapes(x_shape, w_shape, out_h, out_w, rows):
+    """Shapes of the patch matrix and the weight matrix `conv2d_forward_saving` saves."""
+    batch, channels = x_shape[:2]
+    out_ch, _, kh, kw = w_shape
+    taps = channels * kh * kw
+    if rows:
+        return (batch * out_h * out_w, taps), (taps, out_ch)
+    return (batch, taps, out_h * out_w), (out_ch, taps)
+
+
 def conv2d_forward_saving(x, w, stride, pad):
     """Twin of `reference.conv2d_forward_saving`: the saved value is x's patch matrix and
     the weight matrix, which `conv2d_backward` reuses.
@@ -249,8 +262,8 @@ def conv2d_forward_saving(x, w, stride, pad):
     Rows layout: (N*OH*OW, K) x (K, O), then a transpose to NCHW. Columns layout:
     one (O, K) x (K, OH*OW) product per example, which lands in NCHW directly.
     """
+    checks.conv2d_forward_saving(x, w, stride, pad)
     x = np.ascontiguousarray(x)
-    w = w.astype(x.dtype, copy=False)
     batch, channels, height, width = x.shape
     out_ch, _, kh, kw = w.shape
     out_h = output_size(height, kh, stride, pad[0], pad[1])
@@ -269,9 +282,12 @@ def conv2d_forward_saving(x, w, stride, pad):
 def conv2d_backward(dy, w, saved, x_shape, stride, pad, input_grad=True):
     """Twin of `reference.conv2d_backward`: both gradients from the saved patches and
     weight matrix, with dy rearranged once for the two products."""
-    patches, weights = saved
-    dy = np.ascontiguousarray(dy, dtype=patches.dtype)
+    checks.conv2d_backward(dy, w, x_shape, stride, pad)
     rows = _uses_rows(x_shape[1], dy.shape[3])
+    checks.conv2d_saved(saved, _saved_shapes(x_shape, w.shape, dy.shape[2], dy.shape[3], rows),
+                        dy, x_shape, w)
+    patches, weights = saved
+    dy = np.ascontiguousarray(dy)
     dy_matrix = _dy_matrix(dy, rows)
     dw = _weight_gradient(dy_matrix, patches, w.shape, rows)
     if not input_grad:
@@ -282,22 +298,24 @@ def conv2d_backward(dy, w, saved, x_shape, stride, pad, input_grad=True):
 
 def conv2d_forward(x, w, stride, pad):
     """Twin of `reference.conv2d_forward`: im2col, then matrix products with the weights."""
+    checks.conv2d_forward(x, w, stride, pad)
     return conv2d_forward_saving(x, w, stride, pad)[0]
 
 
 def conv2d_backward_input(dy, w, x_shape, stride, pad):
     """Twin of `reference.conv2d_backward_input`: dy x weights, then col2im."""
+    checks.conv2d_backward_input(dy, w, x_shape, stride, pad)
     dy = np.ascontiguousarray(dy)
     rows = _uses_rows(x_shape[1], dy.shape[3])
     geometry = _geometry(w.shape, stride, pad, dy.shape[2], dy.shape[3])
-    return _input_gradient(_dy_matrix(dy, rows), _weight_matrix(w.astype(dy.dtype, copy=False), rows),
-                           x_shape, geometry, rows)
+    return _input_gradient(_dy_matrix(dy, rows), _weight_matrix(w, rows), x_shape, geometry, rows)
 
 
 def conv2d_backward_weight(dy, x, w_shape, stride, pad):
     """Twin of `reference.conv2d_backward_weight`: im2col of x, then dy x patches."""
+    checks.conv2d_backward_weight(dy, x, w_shape, stride, pad)
     dy = np.ascontiguousarray(dy)
-    x = np.ascontiguousarray(x, dtype=dy.dtype)
+    x = np.ascontiguousarray(x)
     rows = _uses_rows(x.shape[1], dy.shape[3])
     patches = _patches(x, rows, _geometry(w_shape, stride, pad, dy.shape[2], dy.shape[3]))
     return np.ascontiguousarray(_weight_gradient(_dy_matrix(dy, rows), patches, w_shape, rows))
@@ -386,6 +404,7 @@ def _maxpool_backward(dy, argmax, padded_h, padded_w, size, stride):
 def maxpool2d_forward(x, size, stride, pad):
     """Twin of `reference.maxpool2d_forward`: padding is materialised as -inf (the
     windows need no bounds checks), then `_maxpool_forward`."""
+    checks.maxpool2d_forward(x, size, stride, pad)
     x = np.ascontiguousarray(x)
     out_h = output_size(x.shape[2], size, stride, pad[0], pad[1])
     out_w = output_size(x.shape[3], size, stride, pad[2], pad[3])
@@ -399,7 +418,9 @@ def maxpool2d_forward(x, size, stride, pad):
 
 
 def maxpool2d_backward(dy, argmax, x_shape, size, stride, pad):
-    """Twin of `reference.maxpool2d_backward`: scatter onto the padded input, crop."""
+    """Twin of `reference.maxpool2d_backward`: scatter onto the padded input, crop.
+    The check of argmax's range is what keeps `_scatter_to_winners` inside dxp."""
+    checks.maxpool2d_backward(dy, argmax, x_shape, size, stride, pad)
     top, bottom, left, right = pad
     height, width = x_shape[2], x_shape[3]
     dxp = _maxpool_backward(np.ascontiguousarray(dy), np.ascontiguousarray(argmax),
@@ -497,12 +518,14 @@ def _relu_backward(dy, y):
 
 def relu_forward(x):
     """Twin of `reference.relu_forward`, one pass over flat x."""
+    checks.relu_forward(x)
     x = np.ascontiguousarray(x)
     return _relu_forward(x.reshape(-1)).reshape(x.shape)
 
 
 def relu_backward(dy, y):
     """Twin of `reference.relu_backward`, one pass over flat dy."""
+    checks.relu_backward(dy, y)
     dy = np.ascontiguousarray(dy)
     return _relu_backward(dy.reshape(-1), np.ascontiguousarray(y).reshape(-1)).reshape(dy.shape)
 
@@ -510,11 +533,11 @@ def relu_backward(dy, y):
 def batchnorm2d_forward(x, gamma, beta, eps):
     """Twin of `reference.batchnorm2d_forward`: one channel at a time, one pass for the
     mean, one for the variance, one writing x_hat and y."""
+    checks.batchnorm2d_forward(x, gamma, beta, eps)
     x = np.ascontiguousarray(x)
     batch, channels, height, width = x.shape
     dtype = x.dtype.type
-    y, x_hat, inv_std = _batchnorm_forward(x.reshape(batch, channels, -1), gamma.astype(x.dtype),
-                                           beta.astype(x.dtype), dtype(eps),
+    y, x_hat, inv_std = _batchnorm_forward(x.reshape(batch, channels, -1), gamma, beta, dtype(eps),
                                            dtype(batch * height * width))
     return y.reshape(x.shape), x_hat.reshape(x.shape), inv_std
 
@@ -522,11 +545,12 @@ def batchnorm2d_forward(x, gamma, beta, eps):
 def batchnorm2d_backward(dy, x_hat, inv_std, gamma):
     """Twin of `reference.batchnorm2d_backward`: per channel, one pass for both sums and
     one for dx."""
+    checks.batchnorm2d_backward(dy, x_hat, inv_std, gamma)
     dy = np.ascontiguousarray(dy)
     batch, channels, height, width = dy.shape
     dx, dgamma, dbeta = _batchnorm_backward(
         dy.reshape(batch, channels, -1), np.ascontiguousarray(x_hat).reshape(batch, channels, -1),
-        inv_std, gamma.astype(dy.dtype), dy.dtype.type(batch * height * width))
+        inv_std, gamma, dy.dtype.type(batch * height * width))
     return dx.reshape(dy.shape), dgamma, dbeta
 
 
@@ -544,6 +568,8 @@ def _adam_update(params, grad, m, v, step_size, beta1, beta2, one_minus_beta1, o
 def adam_update(params, grad, m, v, step_size, beta1, beta2, eps):
     """Twin of `reference.adam_update`: one pass over the vectors instead of nine, with
     the same bits. ``1 - beta`` is formed here, in the scalars' dtype, because Numba
-    would widen ``1 - float32`` to float64."""
+    would widen ``1 - float32`` to float64. The check of the four vectors' shapes is
+    what keeps the loop inside m, v and grad."""
+    checks.adam_update(params, grad, m, v)
     one = params.dtype.type(1)
     _adam_update(params, grad, m, v, step_size, beta1, beta2, one - beta1, one - beta2, eps)

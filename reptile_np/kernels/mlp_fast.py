@@ -24,7 +24,8 @@ import numpy as np
 from numba import njit
 
 from .fast import _JIT_OPTIONS
-from .mlp_reference import ACTIVATIONS, check_arguments
+from . import checks
+from .checks import ACTIVATIONS
 
 _TANH = ACTIVATIONS.index("tanh")
 
@@ -170,7 +171,7 @@ def _sgd_steps(phi, widths, activation, x_batches, y_batches, lr, loss_scale, we
 
 def mlp_sgd_inner_loop(phi, widths, activation, x_batches, y_batches, lr, reduction, weight_decay):
     """Twin of `mlp_reference.mlp_sgd_inner_loop`: same arguments, same results to rounding."""
-    check_arguments(phi, widths, activation, x_batches, y_batches, reduction)
+    checks.mlp_sgd_inner_loop(phi, widths, activation, x_batches, y_batches, reduction)
     loss_scale = 2 / (y_batches.shape[1] * y_batches.shape[2]) if reduction == "mean" else 2
     real = phi.dtype.type
     _sgd_steps(phi, np.asarray(widths, dtype=np.int64), ACTIVATIONS.index(activation),

@@ -11,30 +11,8 @@ calls them (through `kernels.mlp_sgd_inner_loop`) for such models under plain SG
 """
 import numpy as np
 
-from ..losses import REDUCTIONS, mean_squared_error
-
-ACTIVATIONS = ("tanh", "relu")
-
-
-def parameter_count(widths):
-    """Length of the flat vector: ``sum_l widths[l+1] * (widths[l] + 1)``."""
-    return sum(fan_out * (fan_in + 1) for fan_in, fan_out in zip(widths[:-1], widths[1:]))
-
-
-def check_arguments(phi, widths, activation, x_batches, y_batches, reduction):
-    """Raise ValueError unless the arguments of `mlp_sgd_inner_loop` fit together."""
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}.")
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}.")
-    steps_and_batch = x_batches.shape[:2]
-    if (phi.shape != (parameter_count(widths),) or not phi.flags.c_contiguous
-            or x_batches.shape != steps_and_batch + (widths[0],)
-            or y_batches.shape != steps_and_batch + (widths[-1],)):
-        raise ValueError(f"widths {tuple(widths)} need a contiguous phi of "
-                         f"{parameter_count(widths)} parameters, x_batches (S, B, {widths[0]}) "
-                         f"and y_batches (S, B, {widths[-1]}); got {phi.shape}, "
-                         f"{x_batches.shape} and {y_batches.shape}.")
+from . import checks
+from ..losses import mean_squared_error
 
 
 def layer_views(flat, widths):
@@ -62,7 +40,7 @@ def mlp_sgd_inner_loop(phi, widths, activation, x_batches, y_batches, lr, reduct
     """One SGD step per batch on an MLP's flat parameters ``phi``, updated in place.
 
     Args:
-        phi: (P,) float32 or float64, P = `parameter_count`(widths).
+        phi: (P,) float32 or float64, P = `checks.parameter_count`(widths).
         widths: the layer widths, input first: (1, 64, 64, 1) for the sine MLP.
         activation: "tanh" or "relu", applied after every Linear layer but the last.
         x_batches: (S, B, widths[0]) the inputs of S steps, of phi's dtype.
@@ -70,6 +48,10 @@ def mlp_sgd_inner_loop(phi, widths, activation, x_batches, y_batches, lr, reduct
         lr: the SGD learning rate.
         reduction: "mean" or "sum" of the squared errors of a batch.
         weight_decay: phi is multiplied by this before every step (1 = off).
+
+    Raises:
+        ValueError: if the arguments do not fit together (see `checks.mlp_sgd_inner_loop`);
+        the Numba twin raises the same.
 
     Each step, with a_0 = x, W_l (out, in) and b_l the parameters of Linear layer l:
 
@@ -79,7 +61,7 @@ def mlp_sgd_inner_loop(phi, widths, activation, x_batches, y_batches, lr, reduct
                   d_{l-1} = (d_l W_l) * act'(a_{l-1}), with tanh' = 1 - a^2, relu' = [a > 0]
         update:   phi -= lr * grad, grad holding every dW_l, db_l in phi's layout
     """
-    check_arguments(phi, widths, activation, x_batches, y_batches, reduction)
+    checks.mlp_sgd_inner_loop(phi, widths, activation, x_batches, y_batches, reduction)
     real = phi.dtype.type
     grad = np.empty_like(phi)
     params, grads = layer_views(phi, widths), layer_views(grad, widths)

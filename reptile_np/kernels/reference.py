@@ -12,15 +12,17 @@ Conventions shared by every kernel here:
 * ``pad`` is always an explicit 4-tuple ``(top, bottom, left, right)``. The layer
   resolves ``"same"`` / int padding into this tuple, so TensorFlow's asymmetric
   "same" padding (the extra row at the bottom/right) is just another tuple.
-* The output size along one axis is ``(size + before + after - k) // stride + 1``.
-* The dtype of the inputs is the dtype of the work and of the result.
+* The output size along one axis is ``(size + before + after - k) // stride + 1``
+  (`output_size`).
+* The arrays of one call share one dtype, float32 or float64: the dtype of the work
+  and of the result.
+* Every public function first calls its twin in `checks`, which raises ValueError
+  for arguments that do not fit together, with the same message on both backends.
 """
 import numpy as np
 
-
-def output_size(size, kernel, stride, pad_before, pad_after):
-    """Spatial output size of a convolution or pooling window along one axis."""
-    return (size + pad_before + pad_after - kernel) // stride + 1
+from . import checks
+from .checks import output_size
 
 
 def _tap(xp, i, j, stride, out_h, out_w):
@@ -45,7 +47,11 @@ def conv2d_forward(x, w, stride, pad):
     Returns:
         y: (N, O, OH, OW) with ``y[n, o, p, q] = sum_{c,i,j} w[o, c, i, j] *
         xpad[n, c, p*stride + i, q*stride + j]``.
+
+    Raises:
+        ValueError: if the arguments do not fit together (see `checks.conv2d_forward`).
     """
+    checks.conv2d_forward(x, w, stride, pad)
     n, _, h, width = x.shape
     out_ch, _, kh, kw = w.shape
     out_h = output_size(h, kh, stride, pad[0], pad[1])
@@ -72,7 +78,11 @@ def conv2d_backward_input(dy, w, x_shape, stride, pad):
     Returns:
         dx: (N, C, H, W); every tap scatters ``w[:, :, i, j]^T dy`` back onto the
         input pixels it read, and the padding border is cropped off.
+
+    Raises:
+        ValueError: see `checks.conv2d_backward_input`.
     """
+    checks.conv2d_backward_input(dy, w, x_shape, stride, pad)
     n, c, h, width = x_shape
     _, _, kh, kw = w.shape
     out_h, out_w = dy.shape[2], dy.shape[3]
@@ -97,7 +107,11 @@ def conv2d_backward_weight(dy, x, w_shape, stride, pad):
     Returns:
         dw: (O, C, KH, KW) with ``dw[o, c, i, j] = sum_{n,p,q} dy[n, o, p, q] *
         xpad[n, c, p*stride + i, q*stride + j]``.
+
+    Raises:
+        ValueError: see `checks.conv2d_backward_weight`.
     """
+    checks.conv2d_backward_weight(dy, x, w_shape, stride, pad)
     out_ch, c, kh, kw = w_shape
     out_h, out_w = dy.shape[2], dy.shape[3]
     xp = _padded(x, pad)
@@ -115,7 +129,11 @@ def conv2d_forward_saving(x, w, stride, pad):
     Returns:
         (y, saved); the Numba twin saves x's im2col patches and the weight matrix
         instead, so that its backward pass reuses the forward pass's rearrangements.
+
+    Raises:
+        ValueError: see `checks.conv2d_forward`.
     """
+    checks.conv2d_forward_saving(x, w, stride, pad)
     return conv2d_forward(x, w, stride, pad), x
 
 
@@ -125,7 +143,12 @@ def conv2d_backward(dy, w, saved, x_shape, stride, pad, input_grad=True):
     Returns:
         (dx, dw) as `conv2d_backward_input` and `conv2d_backward_weight`; dx is None
         when ``input_grad`` is False.
+
+    Raises:
+        ValueError: see `checks.conv2d_backward` and `checks.conv2d_saved`.
     """
+    checks.conv2d_backward(dy, w, x_shape, stride, pad)
+    checks.conv2d_saved((saved,), (tuple(x_shape),), dy, x_shape, w)
     dx = conv2d_backward_input(dy, w, x_shape, stride, pad) if input_grad else None
     return dx, conv2d_backward_weight(dy, saved, w.shape, stride, pad)
 
@@ -143,7 +166,11 @@ def maxpool2d_forward(x, size, stride, pad):
         y: (N, C, OH, OW) window maxima.
         argmax: (N, C, OH, OW) int8, the winning tap ``i * size + j`` of each window;
         ties go to the first maximum in row-major window order (as PyTorch's CPU kernel).
+
+    Raises:
+        ValueError: see `checks.maxpool2d_forward` (size is at most 11: argmax is int8).
     """
+    checks.maxpool2d_forward(x, size, stride, pad)
     _, _, h, width = x.shape
     out_h = output_size(h, size, stride, pad[0], pad[1])
     out_w = output_size(width, size, stride, pad[2], pad[3])
@@ -166,7 +193,11 @@ def maxpool2d_backward(dy, argmax, x_shape, size, stride, pad):
 
     Returns:
         dx: (N, C, H, W).
+
+    Raises:
+        ValueError: see `checks.maxpool2d_backward` (argmax out of range included).
     """
+    checks.maxpool2d_backward(dy, argmax, x_shape, size, stride, pad)
     n, c, h, width = x_shape
     out_h, out_w = dy.shape[2], dy.shape[3]
     dxp = np.zeros((n, c, h + pad[0] + pad[1], width + pad[2] + pad[3]), dtype=dy.dtype)
@@ -187,7 +218,11 @@ def batchnorm2d_forward(x, gamma, beta, eps):
         y: (N, C, H, W), ``gamma * x_hat + beta``;
         x_hat: (N, C, H, W), ``(x - mean) * inv_std`` (kept for the backward pass);
         inv_std: (C,), ``1 / sqrt(var + eps)``, with the biased variance over (N, H, W).
+
+    Raises:
+        ValueError: see `checks.batchnorm2d_forward`.
     """
+    checks.batchnorm2d_forward(x, gamma, beta, eps)
     count = x.shape[0] * x.shape[2] * x.shape[3]
     # einsum sums a channel in a third of the time of x.sum(axis=(0, 2, 3)).
     mean = np.einsum("nchw->c", x) / count
@@ -211,7 +246,11 @@ def batchnorm2d_backward(dy, x_hat, inv_std, gamma):
         dx: (N, C, H, W), ``gamma * inv_std * (dy - dbeta / M - x_hat * dgamma / M)``
         (the mean and the variance depend on every x of the channel);
         dgamma: (C,), ``sum dy * x_hat``; dbeta: (C,), ``sum dy``.
+
+    Raises:
+        ValueError: see `checks.batchnorm2d_backward`.
     """
+    checks.batchnorm2d_backward(dy, x_hat, inv_std, gamma)
     count = dy.shape[0] * dy.shape[2] * dy.shape[3]
     dgamma = np.einsum("nchw,nchw->c", dy, x_hat)
     dbeta = np.einsum("nchw->c", dy)
@@ -223,12 +262,22 @@ def batchnorm2d_backward(dy, x_hat, inv_std, gamma):
 
 
 def relu_forward(x):
-    """max(x, 0) elementwise (NaN stays NaN, -inf becomes 0, as ``torch.relu``)."""
+    """max(x, 0) elementwise (NaN stays NaN, -inf becomes 0, as ``torch.relu``).
+
+    Raises:
+        ValueError: unless x is a float32 or float64 array.
+    """
+    checks.relu_forward(x)
     return np.maximum(x, x.dtype.type(0))
 
 
 def relu_backward(dy, y):
-    """dy where the forward output ``y`` is positive, else 0 (the subgradient 0 at 0)."""
+    """dy where the forward output ``y`` is positive, else 0 (the subgradient 0 at 0).
+
+    Raises:
+        ValueError: unless y has the shape and dtype of dy (float32 or float64).
+    """
+    checks.relu_backward(dy, y)
     return np.where(y > 0, dy, dy.dtype.type(0))
 
 
@@ -245,7 +294,12 @@ def adam_update(params, grad, m, v, step_size, beta1, beta2, eps):
         m <- beta1 * m + (1 - beta1) * g
         v <- beta2 * v + (1 - beta2) * g^2
         params <- params - step_size * m / (sqrt(v) + eps)
+
+    Raises:
+        ValueError: see `checks.adam_update` (params, m and v must be writable and
+        C-contiguous, all four of one shape and dtype).
     """
+    checks.adam_update(params, grad, m, v)
     one = params.dtype.type(1)
     m *= beta1
     m += (one - beta1) * grad
