@@ -532,7 +532,7 @@ CONTRADICTION_REASONS = {
     "split": " (the other split's test characters include some this checkpoint trained on)",
     "seed": " (the seed shuffles the paper split: another seed's test characters include "
             "some this checkpoint trained on)",
-    "dataset": "", "classes": " (the model has one output per class)"}
+    "classes": " (the model has one output per class)"}
 
 
 def _refuse_contradictions(given, stored, allowed, purpose):
@@ -566,7 +566,7 @@ def _resume_settings(given, metadata, directory):
     extensions = list(metadata["config"].get("extensions", []))
     if meta_iters <= iteration:
         reached = f"meta-iteration {iteration} of {planned}"
-        if "meta_iters" not in given:
+        if meta_iters == planned:
             raise CommandError(f"the run in --checkpoint {directory} is already complete "
                                f"({reached}); evaluate it with reptile-np eval, or pass a larger "
                                f"--meta-iters to extend it.")
