@@ -112,6 +112,13 @@ def _weights(text):
     return weights
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (the usage is a --help away)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _formatter(prog):
     return argparse.ArgumentDefaultsHelpFormatter(prog, max_help_position=32)
 
@@ -704,7 +711,7 @@ def run_fetch(args):
 # --------------------------------------------------------------------------- entry point
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="reptile-np", formatter_class=_formatter,
         description="Reptile and first-order MAML in NumPy, with hand-written gradients.")
     parser.add_argument("--version", action="version", version=f"reptile-np {__version__}")
