@@ -355,21 +355,6 @@ def add_train_parsers(subparsers):
         parser.set_defaults(run=run_train, pretrained=pretrained)
 
 
-def config_from_args(args):
-    """`TrainConfig` from parsed flags (library functions never see argparse)."""
-    from .train import TrainConfig
-    return TrainConfig(
-        num_classes=args.classes, num_shots=args.shots, train_shots=args.train_shots,
-        inner_batch_size=args.inner_batch, inner_iters=args.inner_iters,
-        replacement=args.replacement, learning_rate=args.learning_rate,
-        meta_step_size=args.meta_step, meta_step_size_final=args.meta_step_final,
-        meta_batch_size=args.meta_batch, meta_iters=args.meta_iters,
-        eval_batch_size=args.eval_batch, eval_iters=args.eval_iters,
-        eval_interval=args.eval_interval, weight_decay=args.weight_decay,
-        transductive=args.transductive, foml=args.foml, foml_tail=args.foml_tail, sgd=args.sgd,
-        step_weights=args.step_weights, seed=args.seed)
-
-
 def load_splits(dataset, data_dir, split, seed):
     """``{"train": ClassImages, "test": ..., ["val": ...]}`` for a data set."""
     from .data import fetch
