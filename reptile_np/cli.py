@@ -2,58 +2,177 @@
 
 ``train`` and ``eval`` take the paper code's flags with the same names and meanings
 (supervised-reptile's ``args.py``), so its README commands carry over.
+
+A run is defined by its training flags (seed, task shape, inner and outer loops, data set
+and split). ``train`` records them in the checkpoint; ``train --resume`` and ``eval`` take
+them from there, and a flag given on the command line that contradicts the checkpoint is
+an error rather than a silent change of the run. To tell "given" from "left at its
+default", those flags have no argparse default (``argparse.SUPPRESS``): a flag not given
+is absent from the parsed arguments, and its value comes from the checkpoint or from
+`train.TrainConfig`'s defaults.
 """
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
 
 import numpy as np
 
-from . import __version__, kernels
+from . import __version__, kernels, threads
 from .runtime import keep_freed_memory
 
 DATASETS = ("omniglot", "miniimagenet", "synthetic")
+
+DATASET_MODELS = {"omniglot": "omniglot", "synthetic": "omniglot", "miniimagenet": "miniimagenet"}
+"""The network (a `reptile_np.models.MODELS` name) each data set trains; synthetic glyphs
+are Omniglot-sized."""
+
+RUN_DEFAULTS = {"dataset": "omniglot", "split": "paper"}
+"""The training-defining flags stored beside the `TrainConfig` (in the checkpoint's run info)."""
+
+CONFIG_FIELDS = {
+    "seed": "seed", "classes": "num_classes", "shots": "num_shots", "train_shots": "train_shots",
+    "inner_batch": "inner_batch_size", "inner_iters": "inner_iters",
+    "learning_rate": "learning_rate", "meta_step": "meta_step_size",
+    "meta_step_final": "meta_step_size_final", "meta_iters": "meta_iters",
+    "replacement": "replacement", "meta_batch": "meta_batch_size",
+    "eval_batch": "eval_batch_size", "eval_iters": "eval_iters",
+    "eval_interval": "eval_interval", "weight_decay": "weight_decay",
+    "transductive": "transductive", "foml": "foml", "foml_tail": "foml_tail", "sgd": "sgd",
+    "step_weights": "step_weights"}
+"""Each `TrainConfig` field's flag (argparse dest)."""
+
+EVALUATION_FLAGS = ("shots", "eval_batch", "eval_iters", "transductive")
+"""Training flags that ``eval`` may change: they choose how the checkpoint is evaluated, and
+the model's output size does not depend on them (``--classes`` does)."""
+
+EVAL_CHECKED_FLAGS = ("dataset", "split", "classes", "seed")
+"""Training flags ``eval`` accepts only with the checkpoint's value: the data the model must
+not have trained on (the split, and the seed that shuffles the paper split), and the output
+size. ``eval`` takes every other training flag from the checkpoint without asking."""
+
+RESUME_MAY_CHANGE = ("eval_interval", "meta_iters")
+"""Training flags ``--resume`` accepts with a new value (``--meta-iters`` only larger)."""
 
 
 class CommandError(Exception):
     """A problem the user can fix; printed as one line, exit status 2."""
 
 
-def _positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
+# --------------------------------------------------------------------------- flag values
+# argparse prefixes a type function's ArgumentTypeError with "argument --flag:", so these
+# messages need not repeat the flag; a ValueError would come out as "invalid <function
+# name> value", which is why every parse failure is turned into an ArgumentTypeError.
+
+def _integer(minimum):
+    """A type function for integers of at least ``minimum``."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            wanted = "a positive integer" if minimum == 1 else f"an integer of at least {minimum}"
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}")
+        return value
+    return parse
+
+
+_positive_int = _integer(1)
+_count = _integer(0)
+
+
+def _number(above=None, at_least=None):
+    """A type function for finite floats, ``> above`` or ``>= at_least`` if given."""
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or (above is not None and value <= above) \
+                or (at_least is not None and value < at_least):
+            bound = (f" above {above:g}" if above is not None
+                     else f" of at least {at_least:g}" if at_least is not None else "")
+            raise argparse.ArgumentTypeError(f"expected a finite number{bound}, got {text!r}")
+        return value
+    return parse
 
 
 def _weights(text):
     try:
-        return tuple(float(w) for w in text.split(","))
+        weights = tuple(float(w) for w in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+        weights = ()
+    if not weights or not all(math.isfinite(w) for w in weights):
+        shown = text if len(text) <= 40 else text[:37] + "..."
+        raise argparse.ArgumentTypeError(f"expected comma-separated finite numbers, got {shown!r}")
+    return weights
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (the usage is a --help away)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _formatter(prog):
     return argparse.ArgumentDefaultsHelpFormatter(prog, max_help_position=32)
 
 
+def _option(dest):
+    return "--" + dest.replace("_", "-")
+
+
+def _add(group, dest, default, help, suppress, **kwargs):
+    """Add the flag of ``dest``. With ``suppress``, a flag not given stays out of the parsed
+    arguments (its value comes from the checkpoint or the defaults) and the help says so;
+    ``suppress="checkpoint"``: its value always comes from the checkpoint (``eval``)."""
+    if suppress:
+        shown = ("off" if default is False else "none" if default is None else
+                 ",".join(f"{w:g}" for w in default) if isinstance(default, tuple) else default)
+        shown = "the checkpoint's" if suppress == "checkpoint" else f"{shown}, or the checkpoint's"
+        help = f"{help} (default: {shown})"
+        default = argparse.SUPPRESS
+    group.add_argument(_option(dest), dest=dest, default=default, help=help, **kwargs)
+
+
 def add_loop_flags(group, inner_batch, inner_iters, learning_rate, meta_step, meta_step_final,
-                   meta_iters):
+                   meta_iters, suppress=False, meta_iters_help="outer iterations"):
     """The flags the sine demo and few-shot training share, with each one's defaults."""
-    group.add_argument("--seed", type=int, default=0, help="random seed")
-    group.add_argument("--inner-batch", type=_positive_int, default=inner_batch,
-                       help="examples per inner step")
-    group.add_argument("--inner-iters", type=_positive_int, default=inner_iters,
-                       help="inner steps per task")
-    group.add_argument("--learning-rate", type=float, default=learning_rate,
-                       help="inner learning rate (Adam, or SGD for --sgd and the sine demo)")
-    group.add_argument("--meta-step", type=float, default=meta_step, help="initial outer step size")
-    group.add_argument("--meta-step-final", type=float, default=meta_step_final,
-                       help="final outer step size")
-    group.add_argument("--meta-iters", type=_positive_int, default=meta_iters, help="outer iterations")
+    _add(group, "seed", 0, "random seed", suppress, type=int)
+    _add(group, "inner_batch", inner_batch, "examples per inner step", suppress, type=_positive_int)
+    _add(group, "inner_iters", inner_iters, "inner steps per task", suppress, type=_positive_int)
+    _add(group, "learning_rate", learning_rate,
+         "inner learning rate (Adam, or SGD for --sgd and the sine demo)", suppress,
+         type=_number(above=0))
+    _add(group, "meta_step", meta_step, "initial outer step size", suppress,
+         type=_number(at_least=0))
+    _add(group, "meta_step_final", meta_step_final, "final outer step size", suppress,
+         type=_number(at_least=0))
+    _add(group, "meta_iters", meta_iters, meta_iters_help, suppress, type=_positive_int)
+
+
+def add_threads_flag(parser):
+    parser.add_argument("--threads", type=_positive_int, default=1,
+                        help="threads of NumPy's BLAS (OpenBLAS), whatever OPENBLAS_NUM_THREADS "
+                             "says; more than one can change the last bits of results with "
+                             "some OpenBLAS kernels, and slows down beside other busy processes")
+
+
+def _check_output_file(path, flag):
+    """Raise CommandError unless ``path``'s directory exists and is writable (checked before
+    any work, so a typo costs no training)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise CommandError(f"{flag} {path} is a directory; give a file name.")
+    if not os.path.isdir(directory):
+        raise CommandError(f"{flag} {path}: the directory {directory} does not exist.")
+    if not os.access(directory, os.W_OK):
+        raise CommandError(f"{flag} {path}: the directory {directory} is not writable.")
 
 
 # --------------------------------------------------------------------------- sine
@@ -75,16 +194,21 @@ def add_sine_parser(subparsers):
     parser.add_argument("--plot", default="sine.png", help="where to write the figure")
     parser.add_argument("--no-plot", action="store_true", help="do not draw the figure")
     parser.add_argument("--json", help="also write the table as JSON to this file")
+    add_threads_flag(parser)
     parser.set_defaults(run=run_sine)
 
 
 def run_sine(args):
     from . import sine_demo
+    if args.json:
+        _check_output_file(args.json, "--json")
+    if not args.no_plot:
+        _check_output_file(args.plot, "--plot")
     settings = dict(meta_iters=args.meta_iters, inner_iters=args.inner_iters,
                     inner_batch=args.inner_batch, lr=args.learning_rate, meta_step=args.meta_step,
                     meta_step_final=args.meta_step_final, seed=args.seed)
     print(f"reptile-np {__version__} sine: {json.dumps({'algorithm': args.algorithm, **settings})}, "
-          f"backend {kernels.get_backend()}")
+          f"backend {kernels.get_backend()}, {threads.describe()}")
     settings["progress_stream"] = sys.stderr
     start = time.perf_counter()
     model, theta_random, theta_meta = sine_demo.train_sine(args.algorithm, **settings)
@@ -116,87 +240,119 @@ def run_sine(args):
 
 # --------------------------------------------------------------------------- train / eval
 
-def add_paper_flags(parser):
-    """supervised-reptile's flags, same names, same defaults (REFERENCE d.1)."""
+def add_paper_flags(parser, command):
+    """supervised-reptile's flags, same names, same defaults (its ``args.py``): all of them
+    for ``train``, those it evaluates with for ``eval``."""
+    from .train import TrainConfig
+    defaults = TrainConfig()
+    train = command == "train"
+    suppress = True if train else "checkpoint"
     paper = parser.add_argument_group("the paper code's flags (supervised-reptile args.py)")
-    paper.add_argument("--pretrained", action="store_true", help="evaluate a checkpoint without training")
+    if train:
+        paper.add_argument("--pretrained", action="store_true",
+                           help="evaluate a checkpoint without training (same as reptile-np eval)")
     paper.add_argument("--checkpoint", default="model_checkpoint", help="checkpoint directory")
-    paper.add_argument("--classes", type=_positive_int, default=5, help="number of classes per task (N)")
-    paper.add_argument("--shots", type=_positive_int, default=5, help="examples per class at evaluation (K)")
-    paper.add_argument("--train-shots", type=int, default=0,
-                       help="examples per class during meta-training (0: use --shots)")
-    add_loop_flags(paper, inner_batch=5, inner_iters=20, learning_rate=1e-3, meta_step=0.1,
-                   meta_step_final=0.1, meta_iters=400000)
-    paper.add_argument("--replacement", action="store_true", help="sample inner batches with replacement")
-    paper.add_argument("--meta-batch", type=_positive_int, default=1, help="tasks per outer step")
-    paper.add_argument("--eval-batch", type=_positive_int, default=5, help="evaluation inner batch size")
-    paper.add_argument("--eval-iters", type=int, default=50, help="evaluation inner iterations")
-    paper.add_argument("--eval-samples", type=int, default=10000, help="evaluation tasks per split")
-    paper.add_argument("--eval-interval", type=_positive_int, default=10,
-                       help="meta-iterations between the one-task train/test accuracy logs")
-    paper.add_argument("--weight-decay", type=float, default=1.0,
-                       help="multiply weights by this before each inner step (1: off)")
-    paper.add_argument("--transductive", action="store_true",
-                       help="predict the queries of a task together (BatchNorm statistics shared)")
-    paper.add_argument("--foml", action="store_true", help="first-order MAML instead of Reptile")
-    paper.add_argument("--foml-tail", type=int, default=None,
-                       help="FOMAML: examples per class set aside for the final inner step")
-    paper.add_argument("--sgd", action="store_true", help="inner SGD instead of Adam (beta1 = 0)")
-    paper.add_argument("--step-weights", type=_weights, default=None,
-                       help="outer update = this weighted sum of the inner steps, one weight per "
-                            "--inner-iters (paper section 6.2: '1' joint training, '0,1' FOMAML, "
-                            "'1,1' Reptile, '0.5,0.5' their average)")
+    _add(paper, "classes", defaults.num_classes, "number of classes per task (N)", suppress,
+         type=_positive_int)
+    _add(paper, "shots", defaults.num_shots, "examples per class at evaluation (K)", suppress,
+         type=_positive_int)
+    if train:
+        _add(paper, "train_shots", defaults.train_shots,
+             "examples per class during meta-training (0: use --shots)", suppress, type=_count)
+        add_loop_flags(paper, inner_batch=defaults.inner_batch_size,
+                       inner_iters=defaults.inner_iters, learning_rate=defaults.learning_rate,
+                       meta_step=defaults.meta_step_size,
+                       meta_step_final=defaults.meta_step_size_final,
+                       meta_iters=defaults.meta_iters, suppress=True,
+                       meta_iters_help="outer iterations; with --resume, a larger value extends "
+                                       "the run, and since the outer step size anneals linearly "
+                                       "over --meta-iters, the remaining iterations then take "
+                                       "other step sizes than the original schedule")
+        _add(paper, "replacement", False, "sample inner batches with replacement", suppress,
+             action="store_true")
+        _add(paper, "meta_batch", defaults.meta_batch_size, "tasks per outer step", suppress,
+             type=_positive_int)
+    else:
+        _add(paper, "seed", defaults.seed, "random seed (it shuffles the paper split)", suppress,
+             type=int)
+    _add(paper, "eval_batch", defaults.eval_batch_size, "evaluation inner batch size", suppress,
+         type=_positive_int)
+    _add(paper, "eval_iters", defaults.eval_iters, "evaluation inner iterations", suppress,
+         type=_count)
+    paper.add_argument("--eval-samples", type=_count, default=10000,
+                       help="evaluation tasks per split (0: no final evaluation)")
+    if train:
+        _add(paper, "eval_interval", defaults.eval_interval,
+             "meta-iterations between the one-task train/test accuracy logs", suppress,
+             type=_positive_int)
+        _add(paper, "weight_decay", defaults.weight_decay,
+             "multiply weights by this before each inner step (1: off)", suppress,
+             type=_number(above=0))
+    _add(paper, "transductive", False,
+         "predict the queries of a task together (BatchNorm statistics shared)", suppress,
+         action=argparse.BooleanOptionalAction)
+    if train:
+        _add(paper, "foml", False, "first-order MAML instead of Reptile", suppress,
+             action="store_true")
+        _add(paper, "foml_tail", None,
+             "FOMAML: examples per class set aside for the final inner step", suppress,
+             type=_positive_int)
+        _add(paper, "sgd", False, "inner SGD instead of Adam (beta1 = 0)", suppress,
+             action="store_true")
+        _add(paper, "step_weights", None,
+             "outer update = this weighted sum of the inner steps, one weight per "
+             "--inner-iters (paper section 6.2: '1' joint training, '0,1' FOMAML, "
+             "'1,1' Reptile, '0.5,0.5' their average)", suppress, type=_weights)
 
 
-def add_run_flags(parser):
+def add_run_flags(parser, command):
+    train = command == "train"
+    suppress = True if train else "checkpoint"
     ours = parser.add_argument_group("reptile-np's flags")
-    ours.add_argument("--dataset", choices=DATASETS, default="omniglot", help="data set")
+    _add(ours, "dataset", RUN_DEFAULTS["dataset"], "data set", suppress, choices=DATASETS)
     ours.add_argument("--data-dir", default=None,
                       help="data directory (default: $REPTILE_NP_DATA or ~/.cache/reptile-np/<dataset>)")
-    ours.add_argument("--split", choices=("paper", "vinyals"), default="paper",
-                      help="Omniglot class split: the paper code's 1200/423 or Vinyals et al.'s")
-    ours.add_argument("--resume", action="store_true", help="continue from --checkpoint")
-    ours.add_argument("--checkpoint-every", type=_positive_int, default=1000,
-                      help="meta-iterations between checkpoints")
-    ours.add_argument("--log", default=None, help="append per-iteration records to this JSON-lines file")
+    _add(ours, "split", RUN_DEFAULTS["split"],
+         "Omniglot class split: the paper code's 1200/423 or Vinyals et al.'s", suppress,
+         choices=("paper", "vinyals"))
+    if train:
+        ours.add_argument("--resume", action="store_true",
+                          help="continue the run in --checkpoint, with its flags")
+        ours.add_argument("--checkpoint-every", type=_positive_int, default=1000,
+                          help="meta-iterations between checkpoints")
+        ours.add_argument("--log", default=None,
+                          help="per-iteration records as JSON lines, each written when its "
+                               "iteration ends; --resume drops the records after the checkpoint")
     ours.add_argument("--backend", choices=kernels.BACKENDS, default=None,
                       help="kernels (default: $REPTILE_NP_BACKEND, else numba)")
     ours.add_argument("--results", default=None,
-                      help="write the final accuracies as JSON here (default: <checkpoint>/results.json)")
+                      help="write the final accuracies as JSON here (default: "
+                           "<checkpoint>/results-<K>shot-<protocol>.json); an existing file "
+                           "is replaced only if it holds the same evaluation of the same "
+                           "--checkpoint")
     ours.add_argument("--eval-workers", type=_positive_int, default=1,
                       help="processes for the final evaluation, one thread each (about one per "
                            "core); the accuracies do not depend on it")
+    add_threads_flag(ours)
 
 
 def add_train_parsers(subparsers):
     commands = (
         ("train", False, "meta-train on few-shot classification",
          "Meta-train Reptile (or FOMAML with --foml) with the paper code's flags, "
-         "checkpointing as it goes, then evaluate on every split."),
+         "checkpointing as it goes, then evaluate on every split. With --resume (or "
+         "--pretrained), the training flags come from the checkpoint; giving one with "
+         "another value is an error."),
         ("eval", True, "evaluate a checkpoint (same as train --pretrained)",
          "Evaluate the checkpoint in --checkpoint on every split, as the paper code does "
-         "with --pretrained."))
+         "with --pretrained. The training flags come from the checkpoint; --shots, "
+         "--eval-batch, --eval-iters and --transductive choose the evaluation."))
     for name, pretrained, summary, description in commands:
         parser = subparsers.add_parser(name, formatter_class=_formatter, help=summary,
                                        description=description)
-        add_paper_flags(parser)
-        add_run_flags(parser)
+        add_paper_flags(parser, name)
+        add_run_flags(parser, name)
         parser.set_defaults(run=run_train, pretrained=pretrained)
-
-
-def config_from_args(args):
-    """`TrainConfig` from parsed flags (library functions never see argparse)."""
-    from .train import TrainConfig
-    return TrainConfig(
-        num_classes=args.classes, num_shots=args.shots, train_shots=args.train_shots,
-        inner_batch_size=args.inner_batch, inner_iters=args.inner_iters,
-        replacement=args.replacement, learning_rate=args.learning_rate,
-        meta_step_size=args.meta_step, meta_step_size_final=args.meta_step_final,
-        meta_batch_size=args.meta_batch, meta_iters=args.meta_iters,
-        eval_batch_size=args.eval_batch, eval_iters=args.eval_iters,
-        eval_interval=args.eval_interval, weight_decay=args.weight_decay,
-        transductive=args.transductive, foml=args.foml, foml_tail=args.foml_tail, sgd=args.sgd,
-        step_weights=args.step_weights, seed=args.seed)
 
 
 def load_splits(dataset, data_dir, split, seed):
@@ -222,41 +378,84 @@ def load_splits(dataset, data_dir, split, seed):
 
 def run_train(args):
     from . import models, train
-    from .evaluate import evaluate
-    from .progress import Progress
+    from .checkpoint import load_checkpoint
+    from .files import ensure_writable_dir
+    from .runlock import lock_run_directory
+    if args.pretrained and getattr(args, "resume", False):
+        raise CommandError("--resume continues training and --pretrained only evaluates; "
+                           "pass one of them.")
     if args.backend:
         kernels.set_backend(args.backend)
-    config = config_from_args(args)
-    splits = load_splits(args.dataset, args.data_dir, args.split, args.seed)
+    if os.path.exists(args.checkpoint) and not os.path.isdir(args.checkpoint):
+        raise CommandError(f"--checkpoint {args.checkpoint} is not a directory.")
+    path = train.checkpoint_file(args.checkpoint)
+    given = {dest: getattr(args, dest) for dest in (*CONFIG_FIELDS, *RUN_DEFAULTS)
+             if hasattr(args, dest)}
+    lock = None  # the checkpoint directory's lock, for a training
+    if args.pretrained:
+        settings, run_info = _evaluation_settings(given, load_checkpoint(path)[2], path)
+    else:
+        if args.resume and not os.path.isfile(path):
+            raise CommandError(f"--resume: there is no checkpoint in --checkpoint "
+                               f"{args.checkpoint} to continue.")
+        if not args.resume:
+            settings, run_info = {**_default_settings(), **given}, {}
+            train.check_config(config_from_settings(settings))
+        ensure_writable_dir(args.checkpoint, "--checkpoint")
+        lock = lock_run_directory(args.checkpoint)  # held until this process exits
+        if args.resume:
+            settings, run_info = _resume_settings(given, load_checkpoint(path)[2], args.checkpoint)
+        elif os.path.exists(path):
+            raise CommandError(f"{path} already exists; pass --resume to continue it, or choose "
+                               f"another --checkpoint.")
+        if args.log:
+            _check_output_file(args.log, "--log")
+            if not args.resume and os.path.isfile(args.log) and os.path.getsize(args.log):
+                raise CommandError(f"--log {args.log} already holds records; choose another "
+                                   f"file (or pass --resume to continue the run it logs).")
+    config = config_from_settings(settings)
+    train.check_config(config)
+    results_path = _results_path(args, config) if args.eval_samples else None
+
+    splits = load_splits(settings["dataset"], args.data_dir, settings["split"], config.seed)
+    model_name = DATASET_MODELS[settings["dataset"]]
+    model = models.MODELS[model_name](config.num_classes)
     image_shape = splits["train"].image_shape
-    model = (models.miniimagenet_cnn if image_shape[0] == 3 else models.omniglot_cnn)(config.num_classes)
     if image_shape != model.input_shape:
-        raise CommandError(f"the {args.dataset} images are {image_shape}, but the model expects "
-                           f"{model.input_shape}.")
+        raise CommandError(f"the {settings['dataset']} images are {image_shape}, but the model "
+                           f"expects {model.input_shape}.")
     train.check_config(config, splits)
     optimizer = train.make_optimizer(config, model.num_params, np.float32)
-    path = train.checkpoint_file(args.checkpoint)
-    run_info = {"dataset": args.dataset, "split": args.split, "model": type(model).__name__,
-                "backend": kernels.get_backend()}
-    print(f"reptile-np {__version__} {args.dataset}: {json.dumps(dataclasses.asdict(config))}")
-    print(f"backend {kernels.get_backend()}, {model.num_params} parameters, "
+    run_info.update(dataset=settings["dataset"], split=settings["split"], model=model_name,
+                    backend=kernels.get_backend())
+    print(f"reptile-np {__version__} {settings['dataset']}: {json.dumps(dataclasses.asdict(config))}")
+    print(f"backend {kernels.get_backend()}, {threads.describe()}, {model.num_params} parameters, "
           + ", ".join(f"{name} {s.num_classes} classes" for name, s in splits.items()))
     start_iteration = 0
     if args.pretrained or args.resume:
         theta, start_iteration, _ = train.resume(path, model, optimizer)
         print(f"loaded {path} at meta-iteration {start_iteration}")
     else:
-        if os.path.exists(path):
-            raise CommandError(f"{path} already exists; pass --resume to continue it, or choose "
-                               f"another --checkpoint.")
         theta = model.init(np.random.default_rng(config.seed), np.float32)
     if not args.pretrained:
         theta = train.meta_train(model, theta, optimizer, splits, config, start_iteration, path,
                                  args.checkpoint_every, args.log, sys.stderr, run_info)
+        start_iteration = config.meta_iters
+    if results_path:
+        _evaluate_and_write(args, model, theta, optimizer, splits, config, run_info,
+                            start_iteration, results_path)
+    if lock is not None:
+        lock.close()
+    return 0
+
+
+def _evaluate_and_write(args, model, theta, optimizer, splits, config, run_info, iteration,
+                        results_path):
+    """The final evaluation on every split: print the table, write the results file."""
+    from .evaluate import evaluate
+    from .progress import Progress
     results = {}
     for index, (name, split) in enumerate(splits.items()):
-        if args.eval_samples < 1:
-            break
         progress = Progress(args.eval_samples, f"evaluating {name}", sys.stderr, interval=5.0)
         accuracy, ci, _ = evaluate(model, theta, optimizer, split, config.num_classes,
                                    config.num_shots, config.eval_batch_size, config.eval_iters,
@@ -265,19 +464,173 @@ def run_train(args):
                                    weight_decay=config.weight_decay, progress=progress,
                                    workers=args.eval_workers)
         results[name] = {"accuracy": accuracy, "ci95": ci, "tasks": args.eval_samples}
-    if results:
-        mode = "transductive" if config.transductive else "non-transductive"
-        print(f"\n{config.num_classes}-way {config.num_shots}-shot, {mode}, "
-              f"{args.eval_samples} tasks per split:")
-        for name, r in results.items():
-            print(f"  {name:<6} {100 * r['accuracy']:6.2f}% ± {100 * r['ci95']:.2f}")
-        results_path = args.results or os.path.join(args.checkpoint, "results.json")
-        os.makedirs(os.path.dirname(os.path.abspath(results_path)), exist_ok=True)
-        with open(results_path, "w", encoding="utf-8") as file:
-            json.dump({"config": dataclasses.asdict(config), **run_info, "results": results},
-                      file, indent=2)
-        print(f"results written to {results_path}")
-    return 0
+    mode = "transductive" if config.transductive else "non-transductive"
+    print(f"\n{config.num_classes}-way {config.num_shots}-shot, {mode}, "
+          f"{args.eval_samples} tasks per split:")
+    for name, r in results.items():
+        # One task has no spread to estimate: its interval would read "± 0.00".
+        spread = f"± {100 * r['ci95']:.2f}" if args.eval_samples > 1 else "± n/a (1 task)"
+        print(f"  {name:<6} {100 * r['accuracy']:6.2f}% {spread}")
+    with open(results_path, "w", encoding="utf-8") as file:
+        json.dump({"checkpoint": os.path.abspath(args.checkpoint), "iteration": iteration,
+                   "protocol": _protocol(config), "config": dataclasses.asdict(config),
+                   **run_info, "results": results}, file, indent=2)
+    print(f"results written to {results_path}")
+
+
+# --------------------------------------------------------------------------- a run's flags
+
+def _default_settings():
+    """Every training flag's value when neither the command line nor a checkpoint sets it."""
+    from .train import TrainConfig
+    config = dataclasses.asdict(TrainConfig())
+    return {**{dest: config[field] for dest, field in CONFIG_FIELDS.items()}, **RUN_DEFAULTS}
+
+
+def config_from_settings(settings):
+    """`TrainConfig` from ``{flag dest: value}`` (library functions never see argparse)."""
+    from .train import TrainConfig
+    return TrainConfig(**{field: settings[dest] for dest, field in CONFIG_FIELDS.items()})
+
+
+def _stored_settings(metadata, path):
+    """The training flags a checkpoint was trained with: ``{flag dest: value}``."""
+    stored = metadata.get("config") or {}
+    try:
+        config = stored["train"]
+        settings = {dest: config[field] for dest, field in CONFIG_FIELDS.items()}
+        settings.update({key: stored[key] for key in RUN_DEFAULTS})
+    except (KeyError, TypeError):
+        raise CommandError(f"{path} does not record the flags it was trained with; it cannot "
+                           f"be resumed or evaluated from the command line.") from None
+    if settings["step_weights"] is not None:  # JSON keeps the tuple as a list
+        settings["step_weights"] = tuple(settings["step_weights"])
+    return settings
+
+
+def _show(dest, value):
+    """A flag and its value as typed: ``--seed 3``, ``--sgd``, ``no --sgd``."""
+    flag = _option(dest)
+    if value is True:
+        return flag
+    if value is False or value is None:
+        return f"no {flag}"
+    if isinstance(value, tuple):
+        return f"{flag} {','.join(f'{w:g}' for w in value)}"
+    return f"{flag} {value}"
+
+
+CONTRADICTION_REASONS = {
+    "split": " (the other split's test characters include some this checkpoint trained on)",
+    "seed": " (the seed shuffles the paper split: another seed's test characters include "
+            "some this checkpoint trained on)",
+    "classes": " (the model has one output per class)"}
+
+
+def _refuse_contradictions(given, stored, allowed, purpose):
+    """CommandError for the first given flag, outside ``allowed``, whose value differs from
+    the checkpoint's."""
+    for dest, value in given.items():
+        if dest not in allowed and value != stored[dest]:
+            reason = CONTRADICTION_REASONS.get(dest, "") if purpose.startswith("evaluate") else ""
+            raise CommandError(f"{_show(dest, value)} contradicts the checkpoint's "
+                               f"{_show(dest, stored[dest])}{reason}; drop it to {purpose}.")
+
+
+def _print_taken(path, stored, given, dests):
+    taken = [_show(dest, stored[dest]) for dest in dests if dest not in given]
+    if taken:
+        print(f"from {path}: {' '.join(taken)}")
+
+
+def _resume_settings(given, metadata, directory):
+    """The resumed run's flags: the checkpoint's, with only what ``--resume`` may change.
+
+    Returns:
+        ``(settings, run_info)``; run info keeps the checkpoint's record of extensions.
+    """
+    from .train import checkpoint_file
+    path = checkpoint_file(directory)
+    stored = _stored_settings(metadata, path)
+    _refuse_contradictions(given, stored, RESUME_MAY_CHANGE, "continue the run")
+    iteration, planned = metadata["iteration"], stored["meta_iters"]
+    meta_iters = given.get("meta_iters", planned)
+    extensions = list(metadata["config"].get("extensions", []))
+    if meta_iters <= iteration:
+        reached = f"meta-iteration {iteration} of {planned}"
+        if meta_iters == planned:
+            raise CommandError(f"the run in --checkpoint {directory} is already complete "
+                               f"({reached}); evaluate it with reptile-np eval, or pass a larger "
+                               f"--meta-iters to extend it.")
+        raise CommandError(f"--meta-iters {meta_iters} is not beyond the checkpoint's {reached}; "
+                           f"pass a larger --meta-iters to extend the run.")
+    if meta_iters < planned:
+        raise CommandError(f"--meta-iters {meta_iters} contradicts the checkpoint's --meta-iters "
+                           f"{planned}; only a larger value (extending the run) is allowed.")
+    if meta_iters > planned:
+        print(f"extending the run from --meta-iters {planned} to {meta_iters}: the outer step "
+              f"size now anneals linearly over {meta_iters} iterations, so meta-iterations "
+              f"{iteration + 1} to {meta_iters} take other step sizes than either schedule alone.")
+        extensions.append({"iteration": iteration, "meta_iters": [planned, meta_iters]})
+    _print_taken(path, stored, given, [d for d in (*RUN_DEFAULTS, *CONFIG_FIELDS)
+                                       if d not in RESUME_MAY_CHANGE])
+    settings = {**stored, **given, "meta_iters": meta_iters}
+    return settings, ({"extensions": extensions} if extensions else {})
+
+
+def _evaluation_settings(given, metadata, path):
+    """Evaluation's flags: the checkpoint's, with only the evaluation flags changed.
+
+    Returns:
+        ``(settings, run_info)``; the settings keep saying how the model was trained
+        (``--train-shots`` is pinned when ``--shots`` changes the evaluation's K).
+    """
+    stored = _stored_settings(metadata, path)
+    _refuse_contradictions(given, stored, EVALUATION_FLAGS, "evaluate the checkpoint")
+    _print_taken(path, stored, given, (*EVAL_CHECKED_FLAGS, *EVALUATION_FLAGS, "learning_rate",
+                                       "sgd", "weight_decay", "replacement"))
+    settings = {**stored, **given}
+    if settings["shots"] != stored["shots"] and not stored["train_shots"]:
+        settings["train_shots"] = stored["shots"]
+    extensions = metadata["config"].get("extensions")
+    return settings, ({"extensions": extensions} if extensions else {})
+
+
+def _protocol(config):
+    """What defines an evaluation of a checkpoint (its results files are told apart by it)."""
+    return {"classes": config.num_classes, "shots": config.num_shots,
+            "transductive": config.transductive, "eval_batch": config.eval_batch_size,
+            "eval_iters": config.eval_iters}
+
+
+def _results_path(args, config):
+    """Where the final accuracies go, checked before any work.
+
+    The default name says the protocol (``results-5shot-transductive.json``), so evaluating
+    a checkpoint both ways keeps both. An existing file is replaced only if it holds the
+    same protocol's evaluation of the same ``--checkpoint`` (a newer one of the same run);
+    anything else is refused rather than lost.
+    """
+    from .files import ensure_writable_dir
+    mode = "transductive" if config.transductive else "nontransductive"
+    path = args.results or os.path.join(args.checkpoint,
+                                        f"results-{config.num_shots}shot-{mode}.json")
+    flag = "--results" if args.results else "--checkpoint"
+    if os.path.isdir(path):
+        raise CommandError(f"--results {path} is a directory; give a file name.")
+    ensure_writable_dir(os.path.dirname(os.path.abspath(path)), flag)
+    if os.path.exists(path):
+        try:
+            with open(path, encoding="utf-8") as file:
+                existing = json.load(file)
+            same = (existing.get("checkpoint") == os.path.abspath(args.checkpoint)
+                    and existing.get("protocol") == _protocol(config))
+        except (OSError, ValueError, AttributeError):
+            same = False
+        if not same:
+            raise CommandError(f"{flag} {path} already holds the results of another evaluation "
+                               f"or run; choose another --results, or move that file away.")
+    return path
 
 
 # --------------------------------------------------------------------------- checks and data
@@ -343,7 +696,7 @@ def run_fetch(args):
 # --------------------------------------------------------------------------- entry point
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="reptile-np", formatter_class=_formatter,
         description="Reptile and first-order MAML in NumPy, with hand-written gradients.")
     parser.add_argument("--version", action="version", version=f"reptile-np {__version__}")
@@ -356,12 +709,21 @@ def build_parser():
 
 def main(argv=None):
     """Run the command; user errors become one line on stderr and exit status 2."""
+    try:
+        kernels.check_environment()
+    except ValueError as error:
+        print(f"reptile-np: error: {error}", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
     keep_freed_memory()
     try:
+        if hasattr(args, "threads"):
+            threads.set_threads(args.threads)
         return args.run(args)
     except (CommandError, ValueError, ImportError, FloatingPointError, OSError) as error:
-        print(f"reptile-np {args.command}: error: {error}", file=sys.stderr)
+        # One line, whatever the message holds (an OSError's may quote a long path).
+        message = " ".join(str(error).split())
+        print(f"reptile-np {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"reptile-np {args.command}: interrupted", file=sys.stderr)

@@ -23,6 +23,7 @@ from .progress import Progress
 ALGORITHMS = ("reptile", "fomaml", "maml", "joint")
 EVAL_STEPS = (0, 1, 8, 32)
 EVAL_POINTS = 10
+DIVERGENCE_CHECK_EVERY = 100
 
 
 def train_sine(algorithm="reptile", meta_iters=30000, inner_iters=5, inner_batch=10, lr=0.02,
@@ -41,6 +42,9 @@ def train_sine(algorithm="reptile", meta_iters=30000, inner_iters=5, inner_batch
 
     Returns:
         ``(model, theta_initial, theta_trained)``.
+
+    Raises:
+        FloatingPointError: the weights became non-finite (``lr`` or ``meta_step`` too large).
     """
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}.")
@@ -53,19 +57,28 @@ def train_sine(algorithm="reptile", meta_iters=30000, inner_iters=5, inner_batch
     optimizer = SGD(lr)
     steps = 1 if algorithm == "joint" else inner_iters
     progress = Progress(meta_iters, f"sine {algorithm}", progress_stream)
-    for iteration in range(meta_iters):
-        epsilon = meta.meta_step_size(iteration, meta_iters, meta_step, meta_step_final)
-        tasks = [sine_task(rng, dtype)]
-        if algorithm in ("reptile", "joint"):
-            theta = meta.reptile_step(model, theta, tasks, optimizer, rng, inner_batch, steps,
-                                      epsilon, reduction="mean")
-        elif algorithm == "fomaml":
-            theta = meta.fomaml_step(model, theta, tasks, optimizer, rng, inner_batch, steps,
-                                     epsilon, reduction="mean")
-        else:
-            theta = meta.maml_step(model, theta, tasks, rng, inner_batch, steps, lr, epsilon,
-                                   reduction="mean")
-        progress.update(iteration + 1)
+    # Overflow is caught below, by testing theta, rather than warned about once per array.
+    with np.errstate(over="ignore", invalid="ignore"):
+        for iteration in range(meta_iters):
+            epsilon = meta.meta_step_size(iteration, meta_iters, meta_step, meta_step_final)
+            tasks = [sine_task(rng, dtype)]
+            if algorithm in ("reptile", "joint"):
+                theta = meta.reptile_step(model, theta, tasks, optimizer, rng, inner_batch, steps,
+                                          epsilon, reduction="mean")
+            elif algorithm == "fomaml":
+                theta = meta.fomaml_step(model, theta, tasks, optimizer, rng, inner_batch, steps,
+                                         epsilon, reduction="mean")
+            else:
+                theta = meta.maml_step(model, theta, tasks, rng, inner_batch, steps, lr, epsilon,
+                                       reduction="mean")
+            # Non-finite weights stay non-finite, so testing now and then finds them.
+            if (iteration % DIVERGENCE_CHECK_EVERY == 0 or iteration + 1 == meta_iters) \
+                    and not np.all(np.isfinite(theta)):
+                raise FloatingPointError(
+                    f"the {algorithm} training diverged (non-finite weights by meta-iteration "
+                    f"{iteration + 1}); lower --learning-rate (now {lr:g}) or --meta-step "
+                    f"(now {meta_step:g}).")
+            progress.update(iteration + 1)
     return model, theta_initial, theta
 
 

@@ -67,8 +67,46 @@ def iteration_rng(seed, iteration, stream=0):
     return np.random.default_rng([seed, iteration, stream])
 
 
-def check_config(config, splits):
-    """Raise ValueError if the config cannot run on these splits (shots, classes, batches)."""
+def check_config(config, splits=None):
+    """Raise ValueError, naming the flag, if the config cannot run (on these splits).
+
+    Args:
+        config: the `TrainConfig`.
+        splits: ``{"train": ClassImages, ...}``; None checks the values alone (the command
+            line does so before it loads any data).
+    """
+    for flag, value in (("--inner-batch", config.inner_batch_size), ("--inner-iters", config.inner_iters),
+                        ("--meta-batch", config.meta_batch_size), ("--meta-iters", config.meta_iters),
+                        ("--eval-batch", config.eval_batch_size), ("--eval-interval", config.eval_interval),
+                        ("--classes", config.num_classes), ("--shots", config.num_shots)):
+        if value < 1:
+            raise ValueError(f"{flag} must be at least 1, got {value}.")
+    for flag, value in (("--train-shots", config.train_shots), ("--eval-iters", config.eval_iters)):
+        if value < 0:
+            raise ValueError(f"{flag} must be at least 0, got {value}.")
+    for flag, value, low in (("--learning-rate", config.learning_rate, "above 0"),
+                             ("--weight-decay", config.weight_decay, "above 0"),
+                             ("--meta-step", config.meta_step_size, "at least 0"),
+                             ("--meta-step-final", config.meta_step_size_final, "at least 0")):
+        if not np.isfinite(value) or value < 0 or (value == 0 and low == "above 0"):
+            raise ValueError(f"{flag} must be a finite number {low}, got {value}.")
+    if config.step_weights is not None and (config.foml or len(config.step_weights) != config.inner_iters):
+        raise ValueError(f"--step-weights needs one weight per inner iteration "
+                         f"({config.inner_iters}), got {len(config.step_weights)}, and no --foml.")
+    if config.foml_tail is not None:
+        if not config.foml:
+            raise ValueError(f"--foml-tail {config.foml_tail} needs --foml.")
+        if not 1 <= config.foml_tail < config.shots_for_training:
+            raise ValueError(f"--foml-tail {config.foml_tail} must be at least 1 and smaller "
+                             f"than the {config.shots_for_training} training shots.")
+    if config.replacement:
+        for flag, batch, shots in (("--inner-batch", config.inner_batch_size, config.shots_for_training),
+                                   ("--eval-batch", config.eval_batch_size, config.num_shots)):
+            if batch > config.num_classes * shots:
+                raise ValueError(f"{flag} {batch} is more than the {config.num_classes * shots} "
+                                 f"examples of a task, which --replacement cannot draw.")
+    if splits is None:
+        return
     for name, split in splits.items():
         if config.num_classes > split.num_classes:
             raise ValueError(f"--classes {config.num_classes} is more than the {split.num_classes} "
@@ -80,17 +118,6 @@ def check_config(config, splits):
     if config.num_shots + 1 > min(s.samples_per_class for s in splits.values()):
         raise ValueError(f"--shots {config.num_shots} needs {config.num_shots + 1} samples per "
                          f"class for evaluation (K support + 1 query), more than the data has.")
-    for flag, value in (("--inner-batch", config.inner_batch_size), ("--inner-iters", config.inner_iters),
-                        ("--meta-batch", config.meta_batch_size), ("--meta-iters", config.meta_iters),
-                        ("--eval-batch", config.eval_batch_size), ("--eval-interval", config.eval_interval)):
-        if value < 1:
-            raise ValueError(f"{flag} must be at least 1, got {value}.")
-    if config.step_weights is not None and (config.foml or len(config.step_weights) != config.inner_iters):
-        raise ValueError(f"--step-weights needs one weight per inner iteration "
-                         f"({config.inner_iters}), got {len(config.step_weights)}, and no --foml.")
-    if config.foml_tail is not None and config.foml_tail >= config.shots_for_training:
-        raise ValueError(f"--foml-tail {config.foml_tail} must be smaller than the "
-                         f"{config.shots_for_training} training shots.")
 
 
 def meta_iteration(model, theta, optimizer, train_split, config, iteration):
@@ -125,7 +152,9 @@ def meta_train(model, theta, optimizer, splits, config, start_iteration=0, check
 
     Every ``config.eval_interval`` iterations, one train task and one test task are
     evaluated (as the paper's code logs them); a running mean of the last 100 of
-    each is shown on the progress line and every value goes to ``log_path`` (JSON lines).
+    each is shown on the progress line and every value goes to ``log_path`` (JSON lines,
+    one record per iteration, written as the iteration ends; records after
+    ``start_iteration`` already in the file are dropped first, see `open_log`).
 
     Args:
         splits: ``{"train": ClassImages, "test": ClassImages, ...}``.
@@ -138,12 +167,14 @@ def meta_train(model, theta, optimizer, splits, config, start_iteration=0, check
 
     Raises:
         FloatingPointError: theta became non-finite (the last checkpoint is kept).
+        OSError: a checkpoint could not be written (the message says which one is kept).
     """
     check_config(config, splits)
     progress = Progress(config.meta_iters, "meta-iteration", progress_stream, start=start_iteration)
     recent = {"train": [], "test": []}
     stored_config = {"train": dataclasses.asdict(config), **(run_info or {})}
-    log = open(log_path, "a", encoding="utf-8") if log_path else None
+    saved = start_iteration if start_iteration else None  # the iteration on disk, if any
+    log = open_log(log_path, start_iteration) if log_path else None
     try:
         for iteration in range(start_iteration, config.meta_iters):
             theta = meta_iteration(model, theta, optimizer, splits["train"], config, iteration)
@@ -159,11 +190,14 @@ def meta_train(model, theta, optimizer, splits, config, start_iteration=0, check
                                                                 splits[name], config, rng)
                     recent[name] = (recent[name] + [record[f"{name}_accuracy"]])[-100:]
             if log is not None:
+                # Flushed at once, so a killed run's log holds every iteration it finished;
+                # written before the checkpoint, so no checkpointed iteration lacks its record.
                 log.write(json.dumps(record) + "\n")
+                log.flush()
             if checkpoint_path and ((iteration + 1) % checkpoint_every == 0
                                     or iteration + 1 == config.meta_iters):
-                save_checkpoint(checkpoint_path, model, theta, optimizer.snapshot(),
-                                iteration + 1, stored_config)
+                _save(checkpoint_path, model, theta, optimizer, iteration + 1, stored_config, saved)
+                saved = iteration + 1
             fields = {name: f"{np.mean(values):.3f}" for name, values in recent.items() if values}
             progress.update(iteration + 1, **fields)
     finally:
@@ -172,9 +206,55 @@ def meta_train(model, theta, optimizer, splits, config, start_iteration=0, check
     return theta
 
 
+def _save(path, model, theta, optimizer, iteration, stored_config, saved):
+    """`save_checkpoint`, with an OSError (a full disk) saying which checkpoint is kept."""
+    try:
+        save_checkpoint(path, model, theta, optimizer.snapshot(), iteration, stored_config)
+    except OSError as error:
+        kept = (f"{path} still holds meta-iteration {saved}" if saved is not None
+                else "no checkpoint was written")
+        raise OSError(error.errno, f"could not save the checkpoint of meta-iteration {iteration} "
+                                   f"({error}); {kept}.") from None
+
+
+def open_log(path, start_iteration):
+    """Open a JSON-lines log to append the records after ``start_iteration``.
+
+    The records of later iterations (written by a run that went on past its last
+    checkpoint, then died) are dropped first, and so is a torn last line, so a resumed
+    run's log holds every iteration exactly once.
+
+    Returns:
+        The file, open for appending.
+    """
+    keep = 0
+    if os.path.isfile(path):
+        with open(path, "rb") as file:
+            for line in file:
+                try:
+                    record = json.loads(line)
+                    beyond = record["iteration"] > start_iteration
+                except (ValueError, KeyError, TypeError):
+                    beyond = True
+                if beyond or not line.endswith(b"\n"):
+                    break
+                keep += len(line)
+        os.truncate(path, keep)
+    return open(path, "a", encoding="utf-8")
+
+
 def resume(checkpoint_path, model, optimizer):
-    """Load theta and optimiser state from a checkpoint; return (theta, iteration, metadata)."""
+    """Load theta and optimiser state from a checkpoint; return (theta, iteration, metadata).
+
+    Raises:
+        ValueError: the checkpoint is unreadable, of another model, or its optimiser state
+            (Adam's m, v, t; none for SGD) is not ``optimizer``'s kind.
+    """
     theta, optimizer_state, metadata = load_checkpoint(checkpoint_path, model)
+    if bool(optimizer_state) != bool(optimizer.snapshot()):
+        stored, wanted = ("Adam", "SGD") if optimizer_state else ("SGD", "Adam")
+        raise ValueError(f"checkpoint {checkpoint_path} holds {stored} state, but the run uses "
+                         f"{wanted} (--sgd decides).")
     if optimizer_state:
         optimizer.restore(optimizer_state)
     return theta, metadata["iteration"], metadata

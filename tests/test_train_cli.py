@@ -32,7 +32,7 @@ def test_train_then_eval_writes_checkpoint_and_results(tmp_path):
     done = run_cli("train", *SMALL, "--meta-iters", "12", "--eval-samples", "4",
                    "--checkpoint", str(ckpt), "--log", str(tmp_path / "log.jsonl"))
     assert done.returncode == 0, done.stderr
-    results = json.loads((ckpt / "results.json").read_text())
+    results = json.loads((ckpt / "results-2shot-nontransductive.json").read_text())
     assert set(results["results"]) == {"train", "test"}
     for split in results["results"].values():
         assert 0.0 <= split["accuracy"] <= 1.0 and split["tasks"] == 4
@@ -42,10 +42,10 @@ def test_train_then_eval_writes_checkpoint_and_results(tmp_path):
     _, _, metadata = load_checkpoint(checkpoint_file(str(ckpt)))
     assert metadata["iteration"] == 12 and metadata["config"]["train"]["num_classes"] == 3
 
-    # Evaluated again, in two worker processes: same checkpoint, same evaluation seed.
-    evaluated = run_cli("eval", *SMALL, "--meta-iters", "12", "--eval-samples", "4",
-                        "--checkpoint", str(ckpt), "--results", str(tmp_path / "again.json"),
-                        "--eval-workers", "2")
+    # Evaluated again, in two worker processes: same checkpoint, same evaluation seed; the
+    # training flags come from the checkpoint.
+    evaluated = run_cli("eval", "--eval-samples", "4", "--checkpoint", str(ckpt),
+                        "--results", str(tmp_path / "again.json"), "--eval-workers", "2")
     assert evaluated.returncode == 0, evaluated.stderr
     again = json.loads((tmp_path / "again.json").read_text())
     assert again["results"] == results["results"]
@@ -104,6 +104,7 @@ def test_eval_workers_below_one_is_refused():
     done = run_cli("eval", "--eval-workers", "0")
     assert done.returncode == 2
     assert "--eval-workers" in done.stderr and "positive integer" in done.stderr
+    assert "_positive_int" not in run_cli("eval", "--eval-workers", "x").stderr
 
 
 def test_existing_checkpoint_is_not_overwritten_without_resume(tmp_path):
@@ -121,12 +122,15 @@ def test_checkpoint_of_another_model_or_damaged_is_refused(tmp_path):
     first = run_cli("train", *SMALL, "--meta-iters", "3", "--eval-samples", "0",
                     "--checkpoint", str(tmp_path))
     assert first.returncode == 0, first.stderr
-    other = run_cli("eval", *SMALL, "--classes", "4", "--eval-samples", "1",
-                    "--checkpoint", str(tmp_path))
-    assert other.returncode == 2 and "different model" in other.stderr
     path = tmp_path / "checkpoint.npz"
+    _, state, metadata = load_checkpoint(str(path))
+    model = models.omniglot_cnn(4)  # recorded as 3-way
+    save_checkpoint(str(path), model, model.init(np.random.default_rng(0)), state,
+                    metadata["iteration"], metadata["config"])
+    other = run_cli("eval", "--eval-samples", "1", "--checkpoint", str(tmp_path))
+    assert other.returncode == 2 and "different model" in other.stderr
     path.write_bytes(path.read_bytes()[:200])
-    damaged = run_cli("eval", *SMALL, "--eval-samples", "1", "--checkpoint", str(tmp_path))
+    damaged = run_cli("eval", "--eval-samples", "1", "--checkpoint", str(tmp_path))
     assert damaged.returncode == 2 and "damaged" in damaged.stderr
 
 

@@ -6,7 +6,10 @@ them through this module, so one switch changes every kernel at once:
 * the environment variable ``REPTILE_NP_BACKEND=numpy|numba`` (read at import), or
 * ``reptile_np.kernels.set_backend("numpy" | "numba")`` at run time.
 
-The default is ``numba`` when Numba imports, else ``numpy`` with one warning.
+The default is ``numba`` when Numba imports, else ``numpy`` with one warning. Any other
+value of ``REPTILE_NP_BACKEND`` does not stop the import (a traceback at ``import`` would
+be all a user sees): `check_environment` and every kernel call raise a ValueError naming
+it, until `set_backend` chooses a backend.
 """
 import importlib
 import os
@@ -21,7 +24,7 @@ KERNELS = ("conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight",
            "batchnorm2d_forward", "batchnorm2d_backward", "relu_forward", "relu_backward",
            "adam_update")
 
-_current = {"name": None, "module": None}
+_current = {"name": None, "module": None, "mlp_module": None}
 
 
 def _numba_module():
@@ -138,7 +141,28 @@ def mlp_sgd_inner_loop(phi, widths, activation, x_batches, y_batches, lr, reduct
                                               reduction, weight_decay)
 
 
+class _UnknownBackend:
+    """Stands in for the kernel modules while ``REPTILE_NP_BACKEND`` names no backend:
+    every kernel call raises the ValueError that `check_environment` raises."""
+
+    def __init__(self, message):
+        self.message = message
+
+    def __getattr__(self, name):
+        raise ValueError(self.message)
+
+
+def check_environment():
+    """Raise ValueError if ``REPTILE_NP_BACKEND`` named no backend and `set_backend` has
+    not chosen one since; the command line calls it before doing anything."""
+    if isinstance(_current["module"], _UnknownBackend):
+        raise ValueError(_current["module"].message)
+
+
 _requested = os.environ.get("REPTILE_NP_BACKEND", "numba").strip().lower() or "numba"
-if _requested not in BACKENDS:
-    raise ValueError(f"REPTILE_NP_BACKEND must be one of {BACKENDS}, got {_requested!r}.")
-set_backend(_requested)
+if _requested in BACKENDS:
+    set_backend(_requested)
+else:
+    _unknown = _UnknownBackend(f"REPTILE_NP_BACKEND={_requested} is not one of "
+                               f"{', '.join(BACKENDS)}; set it to one of them or unset it.")
+    _current.update(module=_unknown, mlp_module=_unknown)
