@@ -208,6 +208,19 @@ def test_header_claiming_a_huge_array_is_refused_without_allocating_it(tmp_path)
     _assert_refused(path, "member theta has 52 data bytes for float32 of shape (1099511627776,)")
 
 
+def test_zip_size_field_beyond_the_file_is_refused_before_reading(tmp_path):
+    """The central directory entry of theta claims 2 GiB (both size fields, so they agree)."""
+    path = _saved(tmp_path)[0]
+    data = bytearray(open(path, "rb").read())
+    # theta's central directory entry: its name follows the 46-byte fixed part.
+    entry = data.index(b"theta.npy", data.index(b"PK\x01\x02")) - 46
+    assert data[entry:entry + 4] == b"PK\x01\x02"
+    data[entry + 20:entry + 28] = (2 ** 31 - 1).to_bytes(4, "little") * 2
+    open(path, "wb").write(data)
+    _assert_refused(path, f"member theta claims 2147483647 bytes (stored as 2147483647, method 0) "
+                          f"in a {len(data)}-byte file")
+
+
 def _save_version_1(path, model, theta, optimizer_state, iteration, config):
     """The format version 1 writer exactly as reptile-np 0.1.0 shipped it (no hashes)."""
     metadata = {
