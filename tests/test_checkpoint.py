@@ -259,6 +259,13 @@ def test_version_1_file_missing_an_adam_entry_is_refused(tmp_path):
     _assert_refused(path, "optimizer entries ['m', 't'] are neither SGD's nor Adam's")
 
 
+def test_version_1_file_whose_theta_does_not_fit_its_parameters_is_refused(tmp_path):
+    model, theta, optimizer = _run_state("sgd")
+    path = str(tmp_path / "checkpoint.npz")
+    _save_version_1(path, model, theta[:-1], optimizer.snapshot(), 5, CONFIG)
+    _assert_refused(path, "is damaged", "theta must be a 1-D array of 13 parameters, got (12,)")
+
+
 @pytest.mark.parametrize("rehash, fragment", [
     (False, "the metadata does not match its SHA-256"),
     (True, "format_version 1 carries a metadata hash, which only version 2 writes"),
