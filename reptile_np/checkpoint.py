@@ -39,7 +39,8 @@ Version 1 files (the same members without ``metadata_sha256`` and without the
 their metadata comes back with ``"verified": False`` (version 2: ``True``) and an
 ``"optimizer"`` entry derived from their members. A file that carries the metadata
 hash is always read as version 2, so damage to the version field cannot pass a
-version 2 file off as an unverifiable version 1 file.
+version 2 file off as an unverifiable version 1 file. An intact file of a newer
+format version is refused as such (upgrade reptile-np), not called damaged.
 
 The file is written to a temporary name in the same directory and renamed over the
 old one, so a crash or a full disk leaves either the old or the new checkpoint,
@@ -106,8 +107,8 @@ def save_checkpoint(path, model, theta, optimizer_state, iteration, config):
     model.layout.check(theta)
     kind = _optimizer_kind(optimizer_state)
     if kind is None:
-        raise ValueError(f"optimizer_state must hold {OPTIMIZER_ENTRIES}'s entries, got "
-                         f"{sorted(optimizer_state)}.")
+        raise ValueError(f"optimizer_state must have no entries (SGD) or exactly m, t, v "
+                         f"(Adam), got {sorted(optimizer_state)}.")
     arrays = {"theta": theta}
     arrays.update({f"optimizer/{key}": np.asarray(value) for key, value in optimizer_state.items()})
     metadata = {
@@ -151,7 +152,8 @@ def load_checkpoint(path, model=None):
         version 1 files), so a caller can refuse to resume with a different optimiser.
 
     Raises:
-        ValueError: the file is missing, unreadable, damaged, or from a different model.
+        ValueError: the file is missing, unreadable, damaged, of a newer format version, or
+            from a different model; the message names the file.
     """
     if not os.path.isfile(path):
         raise ValueError(f"checkpoint {path} does not exist.")

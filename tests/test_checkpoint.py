@@ -321,6 +321,6 @@ def test_failed_first_save_leaves_no_file(tmp_path, monkeypatch):
 
 def test_unknown_optimizer_state_is_refused_at_save(tmp_path):
     model, theta, _ = _run_state()
-    with pytest.raises(ValueError, match=r"optimizer_state .* got \['m'\]"):
+    with pytest.raises(ValueError, match=r"optimizer_state must .* exactly m, t, v \(Adam\), got \['m'\]"):
         save_checkpoint(str(tmp_path / "c.npz"), model, theta, {"m": theta}, 1, CONFIG)
     assert not (tmp_path / "c.npz").exists()
