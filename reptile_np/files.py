@@ -13,7 +13,10 @@ def atomic_path(path):
 
     The temporary file lives in the same directory, so the final `os.replace` is atomic:
     readers see either the old file or the complete new one, never a partial write. On
-    failure the temporary file is deleted and `path` is left untouched.
+    any failure (an exception in the block, a full disk at the final flush or `fsync`, a
+    failed rename, Ctrl-C) the temporary file is deleted, `path` is left untouched and
+    the exception propagates. If the directory cannot be written, the temporary file is
+    never created.
 
     Args:
         path: The final file name.
@@ -37,7 +40,9 @@ def atomic_path(path):
             os.close(fd)
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        # If even the deletion fails, the caller still needs the original error, not this one.
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
         raise
 
 
