@@ -433,8 +433,12 @@ def run_train(args):
           + ", ".join(f"{name} {s.num_classes} classes" for name, s in splits.items()))
     start_iteration = 0
     if args.pretrained or args.resume:
-        theta, start_iteration, _ = train.resume(path, model, optimizer)
+        theta, start_iteration, metadata = train.resume(path, model, optimizer)
         print(f"loaded {path} at meta-iteration {start_iteration}")
+        if not metadata["verified"]:
+            print(f"warning: {path} was written by an older reptile-np without checksums, so "
+                  f"damage to it cannot be detected; the next checkpoint is written with them.",
+                  file=sys.stderr)
     else:
         theta = model.init(np.random.default_rng(config.seed), np.float32)
     if not args.pretrained:

@@ -207,14 +207,14 @@ def meta_train(model, theta, optimizer, splits, config, start_iteration=0, check
 
 
 def _save(path, model, theta, optimizer, iteration, stored_config, saved):
-    """`save_checkpoint`, with an OSError (a full disk) saying which checkpoint is kept."""
+    """`save_checkpoint`; when it fails (a full disk), the error also says which
+    meta-iteration the checkpoint that was kept holds."""
     try:
         save_checkpoint(path, model, theta, optimizer.snapshot(), iteration, stored_config)
     except OSError as error:
-        kept = (f"{path} still holds meta-iteration {saved}" if saved is not None
-                else "no checkpoint was written")
-        raise OSError(error.errno, f"could not save the checkpoint of meta-iteration {iteration} "
-                                   f"({error}); {kept}.") from None
+        if saved is None:
+            raise
+        raise OSError(f"{error} It holds meta-iteration {saved}.") from None
 
 
 def open_log(path, start_iteration):

@@ -324,3 +324,18 @@ def test_unknown_optimizer_state_is_refused_at_save(tmp_path):
     with pytest.raises(ValueError, match=r"optimizer_state must .* exactly m, t, v \(Adam\), got \['m'\]"):
         save_checkpoint(str(tmp_path / "c.npz"), model, theta, {"m": theta}, 1, CONFIG)
     assert not (tmp_path / "c.npz").exists()
+
+
+def test_evaluating_a_version_1_checkpoint_warns_that_it_is_unverified(tmp_path):
+    from test_train_cli import SMALL, run_cli
+    run = tmp_path / "run"
+    trained = run_cli("train", *SMALL, "--meta-iters", "2", "--eval-samples", "0",
+                      "--checkpoint", str(run))
+    assert trained.returncode == 0, trained.stderr
+    path = str(run / "checkpoint.npz")
+    theta, state, metadata = load_checkpoint(path)
+    model = models.omniglot_cnn(3)
+    _save_version_1(path, model, theta, state, metadata["iteration"], metadata["config"])
+    done = run_cli("eval", "--checkpoint", str(run), "--eval-samples", "2")
+    assert done.returncode == 0, done.stderr
+    assert f"warning: {path} was written by an older reptile-np without checksums" in done.stderr

@@ -79,21 +79,24 @@ def keep_threads(numpy_backend):
 @pytest.mark.usefixtures("keep_threads")
 def test_a_full_disk_at_checkpoint_time_is_one_line_naming_what_is_kept(tmp_path, monkeypatch,
                                                                           capsys):
-    calls = []
+    saves = []
+    real_savez = np.savez
 
-    def full_disk(path, *args):
-        calls.append(path)
-        if len(calls) == 2:
-            raise OSError(errno.ENOSPC, "No space left on device", path)
-        save_checkpoint(path, *args)
+    def savez_on_a_disk_that_fills_up(file, **arrays):
+        saves.append(file)
+        if len(saves) == 2:
+            file.write(b"PK partial")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_savez(file, **arrays)
 
-    monkeypatch.setattr(train, "save_checkpoint", full_disk)
+    monkeypatch.setattr(np, "savez", savez_on_a_disk_that_fills_up)
     status = cli.main(["train", *SMALL, "--meta-iters", "4", "--checkpoint-every", "2",
                        "--eval-samples", "0", "--backend", "numpy", "--checkpoint",
                        str(tmp_path)])
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert status == 2 and "No space left on device" in err
-    assert f"{tmp_path / 'checkpoint.npz'} still holds meta-iteration 2" in err
+    assert f"checkpoint {tmp_path / 'checkpoint.npz'} could not be written" in err
+    assert "the previous checkpoint there is untouched. It holds meta-iteration 2." in err
 
 
 def test_resuming_adam_state_with_sgd_is_refused(tmp_path):
