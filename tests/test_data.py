@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reptile_np.data import omniglot
+from reptile_np import cli
+from reptile_np.data import cache, miniimagenet, omniglot
+from reptile_np.data.fetch import fetch_omniglot
 from reptile_np.data.miniimagenet import load_miniimagenet
 from reptile_np.data.omniglot import decode_omniglot, load_characters, load_omniglot
 from reptile_np.data.synthetic import load_synthetic, make_synthetic
@@ -19,6 +21,13 @@ from reptile_np.data.tasks import (PILLOW_MISSING, ClassImages, mean_confidence_
 from reptile_np.errors import DataError
 
 from conftest import OMNIGLOT_DIR, SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def own_data_dir(tmp_path, monkeypatch):
+    """Point $REPTILE_NP_DATA, hence the default cache directories, at a fresh directory."""
+    monkeypatch.setenv("REPTILE_NP_DATA", str(tmp_path / "reptile-np-data"))
+    return tmp_path / "reptile-np-data"
 
 
 def _block_pillow(monkeypatch):
@@ -251,7 +260,7 @@ def test_vinyals_split(omniglot_cache, paper_split):
 
 
 def test_vinyals_split_files_missing(omniglot_cache, tmp_path):
-    with pytest.raises(DataError, match="^splits_dir: expected the Vinyals split file train.txt"):
+    with pytest.raises(DataError, match="^splits_dir .* has no Vinyals split file train.txt: "):
         load_omniglot(OMNIGLOT_DIR, split="vinyals", cache_dir=omniglot_cache,
                       splits_dir=tmp_path)
 
@@ -276,16 +285,43 @@ def test_decoding_without_pillow_names_the_extra(tmp_path, monkeypatch):
     assert not list(tmp_path.iterdir())
 
 
+def _counting_decoder(monkeypatch, omniglot_cache):
+    """Replace the Omniglot decoder by one that returns the shared decode and counts calls.
+
+    Decoding the full release takes seconds; what these tests check is whether and where
+    the loaders decode, not the decoding itself.
+    """
+    decoded = omniglot.read_cache(_shared_cache(omniglot_cache), _shared_stamp())
+    calls = []
+
+    def decode(data_dir, *args, **kwargs):
+        calls.append(Path(data_dir))
+        return decoded
+
+    monkeypatch.setattr(omniglot, "decode_omniglot", decode)
+    return calls
+
+
+def _shared_stamp():
+    return omniglot.source_fingerprint(OMNIGLOT_DIR.resolve())
+
+
+def _shared_cache(cache_dir):
+    return omniglot.cache_file(cache_dir, OMNIGLOT_DIR.resolve())
+
+
 @pytest.mark.parametrize("damage", ["truncate", "garbage"])
-def test_corrupt_cache_is_reported_and_kept(omniglot_cache, tmp_path, damage):
-    good = (omniglot_cache / omniglot.CACHE_NAME).read_bytes()
+def test_corrupt_cache_is_rebuilt(omniglot_cache, tmp_path, monkeypatch, damage):
+    good = _shared_cache(omniglot_cache).read_bytes()
     broken = good[: len(good) // 2] if damage == "truncate" else b"not a cache" * 100
-    path = tmp_path / omniglot.CACHE_NAME
+    path = _shared_cache(tmp_path)
     path.write_bytes(broken)
-    with pytest.raises(DataError, match="delete it and rerun `reptile-np fetch-data omniglot`"):
-        load_omniglot(OMNIGLOT_DIR, cache_dir=tmp_path)
-    assert path.read_bytes() == broken
-    assert [p.name for p in tmp_path.iterdir()] == [omniglot.CACHE_NAME]
+    calls = _counting_decoder(monkeypatch, omniglot_cache)
+    images, names = load_characters(OMNIGLOT_DIR, cache_dir=tmp_path)
+    assert calls == [OMNIGLOT_DIR.resolve()]
+    assert images.shape == (1623, 20, 28, 28) and len(names) == 1623
+    assert path.read_bytes() == good
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
 
 
 def _png(draw_ink, mode="1"):
@@ -355,12 +391,15 @@ def test_incomplete_release_names_what_is_missing(tmp_path):
 def test_release_with_wrong_mode_is_rejected(tmp_path):
     pytest.importorskip("PIL")
     _tiny_release(tmp_path, TINY, 2, mode="L")
-    with pytest.raises(DataError, match="to be a 1-bit PNG \\(mode '1'\\), got mode 'L'"):
+    with pytest.raises(DataError, match="is not a 1-bit PNG \\(mode '1'\\) but mode 'L'"):
         decode_omniglot(tmp_path, alphabets=TINY, drawings=2)
 
 
 def test_missing_release_points_to_fetch_data(tmp_path):
-    with pytest.raises(DataError, match="images_background.zip or a images_background/ folder"):
+    _tiny_release(tmp_path, {"images_background": {"Alpha": 1}}, 1)
+    with pytest.raises(DataError, match="^--data-dir .* has images_background.zip but no "
+                                        "images_evaluation.zip or images_evaluation/ folder; "
+                                        "get the release with `reptile-np fetch-data omniglot"):
         load_omniglot(tmp_path)
 
 
@@ -439,24 +478,28 @@ def test_miniimagenet_csv_layout_matches_folder_layout(tmp_path):
 def test_miniimagenet_requires_equal_class_sizes(tmp_path):
     pytest.importorskip("PIL")
     _mini_tree(tmp_path, short_class="n02")
-    with pytest.raises(DataError, match="same number of images \\(4 in most\\), got n02 has 3"):
+    with pytest.raises(DataError, match="same number of images \\(4 in most\\), but n02 has 3\\.$"):
         load_miniimagenet(tmp_path, cache_dir=tmp_path / "cache")
 
 
 def test_miniimagenet_missing_layout(tmp_path):
-    with pytest.raises(DataError, match="^data_dir: expected .*train/<wnid>/\\*.jpg"):
+    with pytest.raises(DataError, match="^--data-dir .* holds no Mini-ImageNet images: expected "
+                                        "train/, val/ and test/ folders of <wnid>/\\*.jpg"):
+        load_miniimagenet(tmp_path)
+    (tmp_path / "train").mkdir()
+    with pytest.raises(DataError, match="^--data-dir .* has no val/ folder"):
         load_miniimagenet(tmp_path)
 
 
-def test_miniimagenet_corrupt_cache(tmp_path):
+def test_miniimagenet_corrupt_cache_is_rebuilt(tmp_path):
     pytest.importorskip("PIL")
     _mini_tree(tmp_path / "mini")
-    load_miniimagenet(tmp_path / "mini", cache_dir=tmp_path / "cache")
+    first = load_miniimagenet(tmp_path / "mini", cache_dir=tmp_path / "cache", mmap=False)
     npy = next((tmp_path / "cache").glob("*_val.npy"))
     npy.write_bytes(npy.read_bytes()[:200])
-    with pytest.raises(DataError, match="delete .*_val.npy and .*_val.json"):
-        load_miniimagenet(tmp_path / "mini", cache_dir=tmp_path / "cache")
-    assert len(npy.read_bytes()) == 200
+    again = load_miniimagenet(tmp_path / "mini", cache_dir=tmp_path / "cache", mmap=False)
+    np.testing.assert_array_equal(again["val"].images, first["val"].images)
+    assert len(npy.read_bytes()) > 200
 
 
 def test_miniimagenet_unreadable_image(tmp_path):
@@ -464,9 +507,10 @@ def test_miniimagenet_unreadable_image(tmp_path):
     _mini_tree(tmp_path)
     broken = sorted((tmp_path / "train" / "n01").iterdir())[0]
     broken.write_bytes(broken.read_bytes()[:100])
-    with pytest.raises(DataError, match=f"expected {broken} to be a readable image"):
+    with pytest.raises(DataError, match=f"^--data-dir {tmp_path}: {broken} is not a readable "
+                                        "image .*; replace the file\\.$"):
         load_miniimagenet(tmp_path, cache_dir=tmp_path / "cache")
-    assert not list((tmp_path / "cache").glob("*train*"))
+    assert not list((tmp_path / "cache").iterdir())
 
 
 # ---------------------------------------------------------------------------- synthetic
