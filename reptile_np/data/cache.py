@@ -93,6 +93,27 @@ def fingerprint(source, files, **params):
     return digest.hexdigest()
 
 
+def shorten(text, width=60):
+    """Cut `text` to `width` characters, ending in "..." when cut."""
+    text = str(text)
+    return text if len(text) <= width else f"{text[:width - 3]}..."
+
+
+def listing(items, budget=100, sep=", ", more="more"):
+    """Join `items` while they fit in about `budget` characters, then say how many were
+    left out ("a, b and 1,234 more"), so an error message stays one short line. An item
+    longer than `budget` is cut; `more` names what was left out ("more problems").
+    """
+    items = [shorten(item, budget) for item in items]
+    shown = items[:1]
+    for item in items[1:]:
+        if len(sep.join(shown + [item])) > budget:
+            break
+        shown.append(item)
+    rest = len(items) - len(shown)
+    return sep.join(shown) + (f"{sep}and {rest:,} {more}" if rest else "")
+
+
 def prepare_dir(cache_dir, stale):
     """Make `cache_dir` ready for a build: writable, and without the `stale` files.
 

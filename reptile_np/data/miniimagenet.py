@@ -120,7 +120,7 @@ def _list_csv_split(source, table, where, csv_where):
     with open(table, newline="", encoding="utf-8") as stream:
         rows = list(csv.reader(stream))
     if not rows or rows[0] != ["filename", "label"] or any(len(row) != 2 for row in rows[1:]):
-        first = ",".join(rows[0])[:80] if rows else "nothing"
+        first = cache.shorten(",".join(rows[0])) if rows else "nothing"
         raise DataError(
             f"{csv_where}: {table.name} should start with the header 'filename,label' and "
             f"have two columns per row, but starts with {first!r}.")
@@ -131,7 +131,7 @@ def _list_csv_split(source, table, where, csv_where):
     if missing:
         raise DataError(
             f"{where}: images/ lacks {len(missing):,} of the {len(rows) - 1:,} images listed "
-            f"in {table.name}, such as {missing[0].name[:80]}.")
+            f"in {table.name}, such as {cache.shorten(missing[0].name)}.")
     return {label: sorted(paths) for label, paths in sorted(files.items())}
 
 
@@ -144,11 +144,10 @@ def _check_equal_counts(files, split, where):
     odd = sorted((label, count) for label, count in counts.items()
                  if count != usual or count == 0)
     if odd:
-        listed = ", ".join(f"{label[:40]} has {count}" for label, count in odd[:5])
-        more = f" and {len(odd) - 5:,} more" if len(odd) > 5 else ""
+        listed = cache.listing(f"{label} has {count}" for label, count in odd)
         raise DataError(
             f"{where}: every class of the {split} split needs the same number of images "
-            f"({usual} in most), but {listed}{more}.")
+            f"({usual} in most), but {listed}.")
 
 
 def _build_cache(files, meta, arrays, stamp, where):

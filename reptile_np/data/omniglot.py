@@ -55,8 +55,7 @@ NUM_TRAIN_CHARACTERS = 1200
 ROTATIONS = (0, 90, 180, 270)
 CACHE_PREFIX = f"omniglot_{IMAGE_SIZE}x{IMAGE_SIZE}_v2"
 VINYALS_SPLITS = ("train", "val", "test")
-FETCH_HINT = "get the release with `reptile-np fetch-data omniglot --dest DIR` and pass that DIR"
-_MAX_PROBLEMS = 5
+FETCH_HINT = "run `reptile-np fetch-data omniglot`"
 
 
 def load_omniglot(data_dir, split="paper", seed=0, cache_dir=None, splits_dir=None, *,
@@ -340,13 +339,6 @@ class _SourceReader:
         return (self.location / relative).read_bytes()
 
 
-def _listing(items, limit=3):
-    """Join up to `limit` items, then say how many more there are: "a, b, c and 1,234 more"."""
-    items = list(items)
-    shown = ", ".join(items[:limit])
-    return f"{shown} and {len(items) - limit:,} more" if len(items) > limit else shown
-
-
 def _check_layout(where, source, name, found, expected, drawings):
     """Raise a DataError listing how `found` differs from the expected alphabets."""
     if not found:
@@ -355,14 +347,14 @@ def _check_layout(where, source, name, found, expected, drawings):
             f"{source}/<Alphabet>/characterNN/; {FETCH_HINT}.")
     problems = []
     if "" in found:
-        problems.append(f"PNGs outside Alphabet/characterNN/: {_listing(found[''])}")
+        problems.append(f"PNGs outside Alphabet/characterNN/: {cache.listing(found[''], 40)}")
     alphabets = {}
     for character in filter(None, found):
         alphabet, number = character.split("/")
         alphabets.setdefault(alphabet, set()).add(number)
     missing = sorted(set(expected) - set(alphabets))
     if missing:
-        problems.append(f"missing alphabets {_listing(missing)}")
+        problems.append(f"missing alphabets {cache.listing(missing, 40)}")
     for alphabet in sorted(set(alphabets) - set(expected)):
         problems.append(f"unexpected alphabet {alphabet}")
     for alphabet in sorted(set(expected) & set(alphabets)):
@@ -376,12 +368,10 @@ def _check_layout(where, source, name, found, expected, drawings):
         if len(found[character]) != drawings:
             problems.append(f"{character} has {len(found[character])} drawings")
     if problems:
-        more = f"; and {len(problems) - _MAX_PROBLEMS:,} more" \
-            if len(problems) > _MAX_PROBLEMS else ""
         raise DataError(
-            f"{where}: {name} should hold {len(expected)} alphabets with "
-            f"{sum(expected.values())} characters of {drawings} drawings each, but has "
-            f"{'; '.join(problems[:_MAX_PROBLEMS])}{more}; {FETCH_HINT}.")
+            f"{where}: {name} does not hold the expected {len(expected)} alphabets of "
+            f"{sum(expected.values())} characters with {drawings} drawings each: "
+            f"{cache.listing(problems, 70, sep='; ', more='more problems')}; {FETCH_HINT}.")
 
 
 def _decode_png(image_module, reader, relative, where):
@@ -431,7 +421,7 @@ def _read_split_file(path, index, where):
             raise DataError(
                 f"{where}: line {number} of {path.name} should read "
                 "Alphabet/characterNN/rotDDD with a known character and DDD in 000/090/180/270, "
-                f"but is {line.strip()[:80]!r}.")
+                f"but is {cache.shorten(line.strip())!r}.")
         characters.append(index[match.group(1)])
         turns.append(int(match.group(2)) // 90)
     return np.array(characters, dtype=int), np.array(turns, dtype=int)
