@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 
 from reptile_np import cli
-from reptile_np.data import cache, miniimagenet, omniglot
-from reptile_np.data.fetch import fetch_omniglot
+from reptile_np.data import omniglot
 from reptile_np.data.miniimagenet import load_miniimagenet
 from reptile_np.data.omniglot import decode_omniglot, load_characters, load_omniglot
 from reptile_np.data.synthetic import load_synthetic, make_synthetic

@@ -113,7 +113,8 @@ def test_download_keeps_existing_files(server, tmp_path):
     assert download(f"{server.url}/a.zip", path, _md5(body)) == path
     path.write_bytes(b"the user's own file")
     with pytest.raises(DataError, match=f"^{path} already exists with MD5 "
-                                        f"{_md5(path.read_bytes())}, not the expected {_md5(body)}; move it elsewhere"):
+                                        f"{_md5(path.read_bytes())}, not the expected "
+                                        f"{_md5(body)}; move it elsewhere"):
         download(f"{server.url}/a.zip", path, _md5(body))
     assert path.read_bytes() == b"the user's own file"
     assert server.requests == []

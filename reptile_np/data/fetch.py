@@ -80,6 +80,10 @@ def download(url, path, md5, timeout=60.0):
 
     Returns:
         `path`. A file already at `path` with the expected MD5 is kept without downloading.
+
+    Raises:
+        DataError: A different file is already at `path`, or the download fails, is cut
+            short or has another MD5 (then nothing is left behind).
     """
     path = Path(path)
     if path.exists():
