@@ -362,18 +362,14 @@ def load_splits(dataset, data_dir, split, seed):
         from .data.synthetic import load_synthetic
         return load_synthetic(seed=seed)
     data_dir = data_dir or os.path.join(fetch.default_data_dir(), dataset)
-    if not os.path.isdir(data_dir):
-        hint = ("reptile-np fetch-data omniglot" if dataset == "omniglot"
-                else "see the README's Mini-ImageNet section")
-        raise CommandError(f"--data-dir {data_dir} does not exist; get the data with: {hint}.")
-    # The decoded cache goes to our own data directory, never into the user's data folder
-    # (which may be shared or read-only).
-    cache_dir = os.path.join(fetch.default_data_dir(), dataset)
+    # The loaders check --data-dir before any cache is used, and keep the decoded cache in
+    # our own data directory (never in the user's data folder, which may be shared or
+    # read-only), keyed by --data-dir: where fetch-data leaves it.
     if dataset == "omniglot":
         from .data.omniglot import load_omniglot
-        return load_omniglot(data_dir, split=split, seed=seed, cache_dir=cache_dir)
+        return load_omniglot(data_dir, split=split, seed=seed)
     from .data.miniimagenet import load_miniimagenet
-    return load_miniimagenet(data_dir, cache_dir=cache_dir)
+    return load_miniimagenet(data_dir)
 
 
 def run_train(args):

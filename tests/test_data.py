@@ -2,6 +2,7 @@
 import io
 import itertools
 import random
+import shutil
 import sys
 import time
 import zipfile
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from reptile_np import cli
 from reptile_np.data import omniglot
 from reptile_np.data.miniimagenet import load_miniimagenet
 from reptile_np.data.omniglot import decode_omniglot, load_characters, load_omniglot
@@ -19,6 +21,13 @@ from reptile_np.data.tasks import (PILLOW_MISSING, ClassImages, mean_confidence_
 from reptile_np.errors import DataError
 
 from conftest import OMNIGLOT_DIR, SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def own_data_dir(tmp_path, monkeypatch):
+    """Point $REPTILE_NP_DATA, hence the default cache directories, at a fresh directory."""
+    monkeypatch.setenv("REPTILE_NP_DATA", str(tmp_path / "reptile-np-data"))
+    return tmp_path / "reptile-np-data"
 
 
 def _block_pillow(monkeypatch):
@@ -251,7 +260,7 @@ def test_vinyals_split(omniglot_cache, paper_split):
 
 
 def test_vinyals_split_files_missing(omniglot_cache, tmp_path):
-    with pytest.raises(DataError, match="^splits_dir: expected the Vinyals split file train.txt"):
+    with pytest.raises(DataError, match="^splits_dir .* has no Vinyals split file train.txt: "):
         load_omniglot(OMNIGLOT_DIR, split="vinyals", cache_dir=omniglot_cache,
                       splits_dir=tmp_path)
 
@@ -276,16 +285,141 @@ def test_decoding_without_pillow_names_the_extra(tmp_path, monkeypatch):
     assert not list(tmp_path.iterdir())
 
 
+def _counting_decoder(monkeypatch, omniglot_cache):
+    """Replace the Omniglot decoder by one that returns the shared decode and counts calls.
+
+    Decoding the full release takes seconds; what these tests check is whether and where
+    the loaders decode, not the decoding itself.
+    """
+    decoded = omniglot.read_cache(_shared_cache(omniglot_cache), _shared_stamp())
+    calls = []
+
+    def decode(data_dir, *args, **kwargs):
+        calls.append(Path(data_dir))
+        return decoded
+
+    monkeypatch.setattr(omniglot, "decode_omniglot", decode)
+    return calls
+
+
+def _shared_stamp():
+    return omniglot.source_fingerprint(OMNIGLOT_DIR.resolve())
+
+
+def _shared_cache(cache_dir):
+    return omniglot.cache_file(cache_dir, OMNIGLOT_DIR.resolve())
+
+
 @pytest.mark.parametrize("damage", ["truncate", "garbage"])
-def test_corrupt_cache_is_reported_and_kept(omniglot_cache, tmp_path, damage):
-    good = (omniglot_cache / omniglot.CACHE_NAME).read_bytes()
+def test_corrupt_cache_is_rebuilt(omniglot_cache, tmp_path, monkeypatch, damage):
+    good = _shared_cache(omniglot_cache).read_bytes()
     broken = good[: len(good) // 2] if damage == "truncate" else b"not a cache" * 100
-    path = tmp_path / omniglot.CACHE_NAME
+    path = _shared_cache(tmp_path)
     path.write_bytes(broken)
-    with pytest.raises(DataError, match="delete it and rerun `reptile-np fetch-data omniglot`"):
-        load_omniglot(OMNIGLOT_DIR, cache_dir=tmp_path)
-    assert path.read_bytes() == broken
-    assert [p.name for p in tmp_path.iterdir()] == [omniglot.CACHE_NAME]
+    calls = _counting_decoder(monkeypatch, omniglot_cache)
+    images, names = load_characters(OMNIGLOT_DIR, cache_dir=tmp_path)
+    assert calls == [OMNIGLOT_DIR.resolve()]
+    assert images.shape == (1623, 20, 28, 28) and len(names) == 1623
+    assert path.read_bytes() == good
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def _zip_of(path, members):
+    with zipfile.ZipFile(path, "w") as archive:
+        for member, data in members.items():
+            archive.writestr(member, data)
+
+
+DAMAGES = {
+    "empty directory": (
+        None, " holds no Omniglot images: expected images_background.zip and "
+              "images_evaluation.zip or their folders; run `reptile-np fetch-data omniglot`\\."),
+    "random bytes": (
+        lambda path: path.write_bytes(np.random.default_rng(0).bytes(5000)),
+        ": images_background.zip is not a readable zip archive \\(File is not a zip file\\); "),
+    "only hello.txt": (
+        lambda path: _zip_of(path, {"hello.txt": b"hello"}),
+        " holds no Omniglot images in images_background.zip: expected PNGs under "
+        "images_background/<Alphabet>/characterNN/; "),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGES))
+def test_changed_data_dir_is_checked_before_its_cache(omniglot_cache, tmp_path, monkeypatch,
+                                                      damage):
+    data_dir, cache_dir = tmp_path / "omniglot", tmp_path / "cache"
+    data_dir.mkdir()
+    for name in ("images_background.zip", "images_evaluation.zip"):
+        (data_dir / name).write_bytes((OMNIGLOT_DIR / name).read_bytes())
+    # The cache of another source in the same directory must survive whatever happens.
+    cache_dir.mkdir()
+    other = _shared_cache(cache_dir)
+    other.write_bytes(_shared_cache(omniglot_cache).read_bytes())
+    real_decoder = omniglot.decode_omniglot
+    calls = _counting_decoder(monkeypatch, omniglot_cache)
+    load_characters(data_dir, cache_dir=cache_dir)
+    load_characters(data_dir, cache_dir=cache_dir)
+    assert calls == [data_dir]  # decoded once, for this source, then read from its cache
+    assert len(list(cache_dir.iterdir())) == 2
+    monkeypatch.setattr(omniglot, "decode_omniglot", real_decoder)
+    write, message = DAMAGES[damage]
+    for name in ("images_background.zip", "images_evaluation.zip"):
+        (data_dir / name).unlink()
+        if write is not None:
+            write(data_dir / name)
+    with pytest.raises(ValueError, match=f"^--data-dir {data_dir}{message}"):
+        load_omniglot(data_dir, cache_dir=cache_dir)
+    # Nothing temporary is left and the other source's cache is intact. A rebuild that
+    # failed removed the stale cache; with no release left it stays, unusable unless the
+    # very same files (same sizes and mtimes) come back.
+    left = sorted(cache_dir.iterdir())
+    assert left == ([other] if write else sorted([other, omniglot.cache_file(cache_dir, data_dir)]))
+    assert other.read_bytes() == _shared_cache(omniglot_cache).read_bytes()
+
+
+def test_a_file_as_data_dir_is_not_a_directory(tmp_path, capsys):
+    path = tmp_path / "images_background.zip"
+    path.write_bytes(b"PK")
+    for load in (load_omniglot, load_miniimagenet):
+        with pytest.raises(ValueError, match=f"^--data-dir {path} is not a directory: pass the "
+                                             "folder that holds the data\\.$"):
+            load(path)
+    assert cli.main(["train", "--dataset", "omniglot", "--data-dir", str(path),
+                     "--checkpoint", str(tmp_path / "run")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [f"reptile-np train: error: --data-dir {path} is not a directory: pass the "
+                     "folder that holds the data."]
+
+
+def test_layout_errors_stay_short_and_name_the_flag(tmp_path):
+    pytest.importorskip("PIL")
+    # One stray alphabet per source instead of the real ones, 3 characters of 1 drawing each:
+    # 30 missing alphabets, 1 unexpected alphabet and 3 short characters to report.
+    _tiny_release(tmp_path, {"images_background": {"Alpha": 3}, "images_evaluation": {"Beta": 3}},
+                  1)
+    with pytest.raises(DataError) as error:
+        load_omniglot(tmp_path)
+    message = str(error.value)
+    assert message.startswith(f"--data-dir {tmp_path.resolve()}: images_background.zip does "
+                              "not hold the expected 30 alphabets of 964 characters with 20 "
+                              "drawings each: missing alphabets Alphabet_of_the_Magi, and 29 "
+                              "more; ")
+    assert message.endswith("; and 4 more problems; run "
+                            "`reptile-np fetch-data omniglot`.")
+    assert len(message) - len(str(tmp_path.resolve())) < 240
+    assert "data_dir:" not in message and "cache_dir" not in message and ".tmp" not in message
+    # Mini-ImageNet: 30 classes of the wrong size, named only as far as the line allows.
+    _mini_tree(tmp_path / "mini")
+    for i in range(30):
+        (tmp_path / "mini" / "train" / f"n{i:08d}").mkdir()
+    with pytest.raises(DataError) as error:
+        load_miniimagenet(tmp_path / "mini")
+    message = str(error.value)
+    assert message.startswith(f"--data-dir {tmp_path / 'mini'}: every class of the train split "
+                              "needs the same number of images (0 in most), but n00000000 has 0, "
+                              "n00000001 has 0, ")
+    assert message.endswith(", and 27 more.")
+    assert len(message) - len(str(tmp_path)) < 240
 
 
 def _png(draw_ink, mode="1"):
@@ -355,12 +489,15 @@ def test_incomplete_release_names_what_is_missing(tmp_path):
 def test_release_with_wrong_mode_is_rejected(tmp_path):
     pytest.importorskip("PIL")
     _tiny_release(tmp_path, TINY, 2, mode="L")
-    with pytest.raises(DataError, match="to be a 1-bit PNG \\(mode '1'\\), got mode 'L'"):
+    with pytest.raises(DataError, match="is not a 1-bit PNG \\(mode '1'\\) but mode 'L'"):
         decode_omniglot(tmp_path, alphabets=TINY, drawings=2)
 
 
 def test_missing_release_points_to_fetch_data(tmp_path):
-    with pytest.raises(DataError, match="images_background.zip or a images_background/ folder"):
+    _tiny_release(tmp_path, {"images_background": {"Alpha": 1}}, 1)
+    with pytest.raises(DataError, match="^--data-dir .* has images_background.zip but no "
+                                        "images_evaluation.zip or images_evaluation/ folder; "
+                                        "run `reptile-np fetch-data omniglot`\\.$"):
         load_omniglot(tmp_path)
 
 
@@ -439,24 +576,28 @@ def test_miniimagenet_csv_layout_matches_folder_layout(tmp_path):
 def test_miniimagenet_requires_equal_class_sizes(tmp_path):
     pytest.importorskip("PIL")
     _mini_tree(tmp_path, short_class="n02")
-    with pytest.raises(DataError, match="same number of images \\(4 in most\\), got n02 has 3"):
+    with pytest.raises(DataError, match="same number of images \\(4 in most\\), but n02 has 3\\.$"):
         load_miniimagenet(tmp_path, cache_dir=tmp_path / "cache")
 
 
 def test_miniimagenet_missing_layout(tmp_path):
-    with pytest.raises(DataError, match="^data_dir: expected .*train/<wnid>/\\*.jpg"):
+    with pytest.raises(DataError, match="^--data-dir .* holds no Mini-ImageNet images: expected "
+                                        "train/, val/ and test/ folders of <wnid>/\\*.jpg"):
+        load_miniimagenet(tmp_path)
+    (tmp_path / "train").mkdir()
+    with pytest.raises(DataError, match="^--data-dir .* has no val/ folder"):
         load_miniimagenet(tmp_path)
 
 
-def test_miniimagenet_corrupt_cache(tmp_path):
+def test_miniimagenet_corrupt_cache_is_rebuilt(tmp_path):
     pytest.importorskip("PIL")
     _mini_tree(tmp_path / "mini")
-    load_miniimagenet(tmp_path / "mini", cache_dir=tmp_path / "cache")
+    first = load_miniimagenet(tmp_path / "mini", cache_dir=tmp_path / "cache", mmap=False)
     npy = next((tmp_path / "cache").glob("*_val.npy"))
     npy.write_bytes(npy.read_bytes()[:200])
-    with pytest.raises(DataError, match="delete .*_val.npy and .*_val.json"):
-        load_miniimagenet(tmp_path / "mini", cache_dir=tmp_path / "cache")
-    assert len(npy.read_bytes()) == 200
+    again = load_miniimagenet(tmp_path / "mini", cache_dir=tmp_path / "cache", mmap=False)
+    np.testing.assert_array_equal(again["val"].images, first["val"].images)
+    assert len(npy.read_bytes()) > 200
 
 
 def test_miniimagenet_unreadable_image(tmp_path):
@@ -464,9 +605,46 @@ def test_miniimagenet_unreadable_image(tmp_path):
     _mini_tree(tmp_path)
     broken = sorted((tmp_path / "train" / "n01").iterdir())[0]
     broken.write_bytes(broken.read_bytes()[:100])
-    with pytest.raises(DataError, match=f"expected {broken} to be a readable image"):
+    with pytest.raises(DataError, match=f"^--data-dir {tmp_path}: {broken} is not a readable "
+                                        "image .*; replace the file\\.$"):
         load_miniimagenet(tmp_path, cache_dir=tmp_path / "cache")
-    assert not list((tmp_path / "cache").glob("*train*"))
+    assert not list((tmp_path / "cache").iterdir())
+
+
+def test_failed_miniimagenet_build_leaves_no_cache(tmp_path):
+    pytest.importorskip("PIL")
+    data_dir, cache_dir = tmp_path / "mini", tmp_path / "cache"
+    _mini_tree(data_dir)
+    # The last image decoded: train and val are complete by then.
+    broken = sorted((data_dir / "test" / "n07").iterdir())[-1]
+    good = broken.read_bytes()
+    broken.write_bytes(good[:100])
+    with pytest.raises(DataError, match=f"{broken} is not a readable image"):
+        load_miniimagenet(data_dir, cache_dir=cache_dir)
+    assert not list(cache_dir.iterdir())
+    broken.write_bytes(good)
+    splits = load_miniimagenet(data_dir, cache_dir=cache_dir)
+    assert {k: v.images.shape[:2] for k, v in splits.items()} == {
+        "train": (3, 4), "val": (2, 4), "test": (2, 4)}
+    np.testing.assert_array_equal(splits["test"].images[1, 3].transpose(1, 2, 0),
+                                  _expected_mini(broken))
+
+
+def test_miniimagenet_cache_follows_the_images(tmp_path, monkeypatch):
+    pytest.importorskip("PIL")
+    data_dir, cache_dir = tmp_path / "mini", tmp_path / "cache"
+    _mini_tree(data_dir)
+    shutil.rmtree(data_dir / "train" / "n02")
+    shutil.rmtree(data_dir / "train" / "n03")
+    assert load_miniimagenet(data_dir, cache_dir=cache_dir)["train"].names == ("n01",)
+    _mini_tree(data_dir)  # the missing classes arrive
+    assert load_miniimagenet(data_dir, cache_dir=cache_dir)["train"].names == ("n01", "n02", "n03")
+    # A second source never replaces the first one's cache.
+    shutil.copytree(data_dir, tmp_path / "copy")
+    load_miniimagenet(tmp_path / "copy", cache_dir=cache_dir)
+    assert len(list(cache_dir.glob("*.json"))) == 2
+    _block_pillow(monkeypatch)
+    assert load_miniimagenet(data_dir, cache_dir=cache_dir)["val"].names == ("n04", "n05")
 
 
 # ---------------------------------------------------------------------------- synthetic

@@ -7,11 +7,17 @@ the two common layouts:
 * split CSVs (Ravi & Larochelle): `<data_dir>/images/<filename>` plus `train.csv`,
   `val.csv` and `test.csv` with the header `filename,label`, in `data_dir` or `csv_dir`.
 
-Each image goes through the reference pipeline (REFERENCE c): resize to 84x84 with NEAREST
-(the default filter of the Pillow version supervised-reptile pinned), then convert to RGB,
-kept as uint8 in channels-first order. The full train split is 64*600*3*84*84 bytes
-(813 MB), hence one .npy per split that is memory-mapped rather than read into RAM.
+Each image goes through the pipeline of supervised-reptile (supervised_reptile/
+miniimagenet.py, `_ImageNetClass._read_image`): resize to 84x84 with NEAREST (the default
+filter of the Pillow version it pinned), then convert to RGB, kept as uint8 in
+channels-first order. The full train split is 64*600*3*84*84 bytes (813 MB), hence one
+.npy per split that is memory-mapped rather than read into RAM.
+
+The cache of one source is `<prefix>_<key>_{train,val,test}.npy` plus `<prefix>_<key>.json`,
+which records the fingerprint of the images (see `reptile_np.data.cache`) and is written
+last: the cache counts only if the JSON exists and matches the images as they are now.
 """
+import contextlib
 import csv
 import json
 from collections import Counter
@@ -19,118 +25,163 @@ from pathlib import Path
 
 import numpy as np
 
+from reptile_np.data import cache
 from reptile_np.data.tasks import ClassImages, require_pillow
-from reptile_np.files import atomic_path, ensure_writable_dir
+from reptile_np.files import atomic_path
 from reptile_np.errors import DataError
 
 SPLITS = ("train", "val", "test")
 IMAGE_SIZE = 84
 EXTENSIONS = (".jpg", ".jpeg", ".png")
-CACHE_PREFIX = "miniimagenet_84x84_v1"
+CACHE_PREFIX = f"miniimagenet_{IMAGE_SIZE}x{IMAGE_SIZE}_v2"
+HINT = "see the README's Mini-ImageNet section for how to get the images"
+_LAYOUTS = ("train/, val/ and test/ folders of <wnid>/*.jpg, or images/ with train.csv, "
+            "val.csv and test.csv")
 
 
-def load_miniimagenet(data_dir, cache_dir=None, csv_dir=None, mmap=True):
+def load_miniimagenet(data_dir, cache_dir=None, csv_dir=None, mmap=True, *, flag="--data-dir"):
     """Load the train, val and test splits of Mini-ImageNet, decoding them on first use.
 
-    The first call decodes every image and writes `<prefix>_<split>.npy` with a small
-    `<prefix>_<split>.json` of class names; later calls read only these and need no Pillow.
-    The JSON is written last, so a split without it counts as not cached and is rebuilt.
-    Delete both files to rebuild a split after changing the images.
+    Every call lists the images and checks the layout (every class of a split holding the
+    same number of images); the cache is used only if it was decoded from exactly these
+    files (same paths, sizes and mtimes), and then no Pillow is needed. Otherwise all three
+    splits are decoded and the cache is replaced only once every image decoded: a failed
+    build leaves no cache behind.
 
     Args:
         data_dir: Root of the images, in the folder or the split-CSV layout.
-        cache_dir: Directory of the cache files; defaults to `data_dir`.
+        cache_dir: Directory of the caches; defaults to
+            `cache.default_cache_dir("miniimagenet")`.
         csv_dir: Directory of `train.csv`, `val.csv` and `test.csv`; giving it selects the
             CSV layout. Without it the CSV layout is used when `data_dir` holds `train.csv`.
         mmap: Memory-map the cached arrays read-only instead of reading them into RAM.
+        flag: The command-line flag `data_dir` came from, named in error messages.
 
     Returns:
         A dict with keys "train", "val" and "test" of `ClassImages` with images of shape
         (classes, images per class, 3, 84, 84).
+
+    Raises:
+        DataError: The layout is missing or incomplete, an image is unreadable, or the
+            cache cannot be written.
     """
-    data_dir = Path(data_dir)
-    cache_dir = Path(cache_dir) if cache_dir is not None else data_dir
-    if csv_dir is None and (data_dir / "train.csv").is_file():
-        csv_dir = data_dir
-    result = {}
-    for split in SPLITS:
-        npy = cache_dir / f"{CACHE_PREFIX}_{split}.npy"
-        meta = cache_dir / f"{CACHE_PREFIX}_{split}.json"
-        if not meta.exists():
-            files = _list_csv_split(data_dir, Path(csv_dir), split) if csv_dir is not None \
-                else _list_folder_split(data_dir, split)
-            _check_equal_counts(files, split)
-            ensure_writable_dir(cache_dir, "cache_dir")
-            _build_cache(files, npy, meta)
-        result[split] = _read_cache(npy, meta, mmap)
+    source = cache.source_dir(data_dir, flag, HINT)
+    where = f"{flag} {source}"
+    tables = {}
+    if csv_dir is not None or (source / "train.csv").is_file():
+        csv_where = f"csv_dir {csv_dir}" if csv_dir is not None else where
+        csv_dir = Path(csv_dir).resolve() if csv_dir is not None else source
+        tables = {split: csv_dir / f"{split}.csv" for split in SPLITS}
+        files = {split: _list_csv_split(source, tables[split], where, csv_where)
+                 for split in SPLITS}
+        layout = {"layout": "csv", "csv_dir": str(csv_dir)}
+    else:
+        files = _list_folder_splits(source, where)
+        layout = {"layout": "folders"}
+    for split, classes in files.items():
+        _check_equal_counts(classes, split, where)
+    images = [path for split in SPLITS for label in sorted(files[split])
+              for path in files[split][label]]
+    stamp = cache.fingerprint(source, list(tables.values()) + images, image_size=IMAGE_SIZE,
+                              **layout)
+    cache_dir = Path(cache_dir) if cache_dir is not None \
+        else cache.default_cache_dir("miniimagenet")
+    name = cache.cache_name(CACHE_PREFIX, source, **layout)
+    meta = cache_dir / f"{name}.json"
+    arrays = {split: cache_dir / f"{name}_{split}.npy" for split in SPLITS}
+    result = _read_cache(meta, arrays, stamp, mmap)
+    if result is None:
+        _build_cache(files, meta, arrays, stamp, where)
+        result = _read_cache(meta, arrays, stamp, mmap)
     return result
 
 
-def _list_folder_split(data_dir, split):
-    root = data_dir / split
-    if not root.is_dir():
-        raise DataError(
-            f"data_dir: expected {root}/<wnid>/*.jpg, or images/ plus {split}.csv (see "
-            f"csv_dir), in {data_dir}, got neither.")
-    return {
-        folder.name: sorted(path for path in folder.iterdir()
-                            if path.is_file() and path.suffix.lower() in EXTENSIONS)
-        for folder in sorted(root.iterdir()) if folder.is_dir()
-    }
+def _list_folder_splits(source, where):
+    """Return {split: {wnid: sorted image paths}} from the `<split>/<wnid>/` folders."""
+    roots = {split: source / split for split in SPLITS}
+    if not any(root.is_dir() for root in roots.values()):
+        raise DataError(f"{where} holds no Mini-ImageNet images: expected {_LAYOUTS}; {HINT}.")
+    files = {}
+    for split, root in roots.items():
+        if not root.is_dir():
+            raise DataError(f"{where} has no {split}/ folder: expected {_LAYOUTS}.")
+        files[split] = {
+            folder.name: sorted(path for path in folder.iterdir()
+                                if path.is_file() and path.suffix.lower() in EXTENSIONS)
+            for folder in sorted(root.iterdir()) if folder.is_dir()
+        }
+    return files
 
 
-def _list_csv_split(data_dir, csv_dir, split):
-    table = csv_dir / f"{split}.csv"
+def _list_csv_split(source, table, where, csv_where):
+    """Return {label: sorted image paths} of one split from its CSV table."""
     if not table.is_file():
-        raise DataError(f"csv_dir: expected {split}.csv in {csv_dir}, got no such file.")
+        raise DataError(f"{csv_where} has no {table.name}: expected {_LAYOUTS}.")
     with open(table, newline="", encoding="utf-8") as stream:
         rows = list(csv.reader(stream))
     if not rows or rows[0] != ["filename", "label"] or any(len(row) != 2 for row in rows[1:]):
+        first = cache.shorten(",".join(rows[0])) if rows else "nothing"
         raise DataError(
-            f"csv_dir: expected {table} to have the header 'filename,label' and two columns "
-            f"per row, got first row {rows[0] if rows else 'none'}.")
+            f"{csv_where}: {table.name} should start with the header 'filename,label' and "
+            f"have two columns per row, but starts with {first!r}.")
     files = {}
     for filename, label in rows[1:]:
-        files.setdefault(label, []).append(data_dir / "images" / filename)
+        files.setdefault(label, []).append(source / "images" / filename)
     missing = [path for paths in files.values() for path in paths if not path.is_file()]
     if missing:
         raise DataError(
-            f"data_dir: expected the {len(rows) - 1} images listed in {table} under "
-            f"{data_dir / 'images'}, got {len(missing)} missing, such as {missing[0].name}.")
+            f"{where}: images/ lacks {len(missing):,} of the {len(rows) - 1:,} images listed "
+            f"in {table.name}, such as {cache.shorten(missing[0].name)}.")
     return {label: sorted(paths) for label, paths in sorted(files.items())}
 
 
-def _check_equal_counts(files, split):
+def _check_equal_counts(files, split, where):
     """Require the same number (at least 1) of images in every class, naming the odd ones."""
     counts = {label: len(paths) for label, paths in files.items()}
     if not counts:
-        raise DataError(f"data_dir: expected class folders in the {split} split, got none.")
+        raise DataError(f"{where}: the {split} split holds no classes.")
     usual = Counter(counts.values()).most_common(1)[0][0]
-    odd = {label: count for label, count in counts.items() if count != usual or count == 0}
+    odd = sorted((label, count) for label, count in counts.items()
+                 if count != usual or count == 0)
     if odd:
-        listed = ", ".join(f"{label} has {count}" for label, count in sorted(odd.items())[:5])
+        listed = cache.listing(f"{label} has {count}" for label, count in odd)
         raise DataError(
-            f"data_dir: expected every class of the {split} split to hold the same number of "
-            f"images ({usual} in most), got {listed}.")
+            f"{where}: every class of the {split} split needs the same number of images "
+            f"({usual} in most), but {listed}.")
 
 
-def _build_cache(files, npy, meta):
+def _build_cache(files, meta, arrays, stamp, where):
+    """Decode all splits into `arrays`, then write `meta`; on failure leave none of them."""
     image_module = require_pillow()
-    labels = sorted(files)
-    shape = (len(labels), len(files[labels[0]]), 3, IMAGE_SIZE, IMAGE_SIZE)
-    with atomic_path(npy) as tmp:
-        # Decode straight into the file, so the 813 MB train split never sits in RAM twice.
-        images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-        for i, label in enumerate(labels):
-            for j, path in enumerate(files[label]):
-                images[i, j] = _decode(image_module, path)
-        images.flush()
-        del images
-    with atomic_path(meta) as tmp:
-        tmp.write_text(json.dumps({"names": labels, "shape": list(shape)}), encoding="utf-8")
+    cache.prepare_dir(meta.parent, stale=[meta, *arrays.values()])
+    info = {"fingerprint": stamp, "splits": {}}
+    try:
+        with cache.reporting_write_errors(meta.parent), contextlib.ExitStack() as stack:
+            # Every split stays at its temporary name until all of them decoded, so a bad
+            # image in the test split cannot leave a train split behind.
+            for split in SPLITS:
+                labels = sorted(files[split])
+                shape = (len(labels), len(files[split][labels[0]]), 3, IMAGE_SIZE, IMAGE_SIZE)
+                tmp = stack.enter_context(atomic_path(arrays[split]))
+                # Decode straight into the file, so the 813 MB train split never sits in
+                # RAM twice.
+                images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+                for i, label in enumerate(labels):
+                    for j, path in enumerate(files[split][label]):
+                        images[i, j] = _decode(image_module, path, where)
+                images.flush()
+                del images
+                info["splits"][split] = {"names": labels, "shape": list(shape)}
+            stack.close()  # moves the three arrays into place
+            with atomic_path(meta) as tmp:
+                tmp.write_text(json.dumps(info), encoding="utf-8")
+    except BaseException:
+        for path in arrays.values():
+            path.unlink(missing_ok=True)
+        raise
 
 
-def _decode(image_module, path):
+def _decode(image_module, path, where):
     try:
         with image_module.open(path) as image:
             small = image.resize((IMAGE_SIZE, IMAGE_SIZE), image_module.Resampling.NEAREST)
@@ -138,23 +189,24 @@ def _decode(image_module, path):
     except (OSError, ValueError) as exc:
         # Truncated or empty JPEGs were the usual result of the dead download URL.
         raise DataError(
-            f"data_dir: expected {path} to be a readable image, got an error ({exc}); "
-            "replace the file.") from None
+            f"{where}: {path} is not a readable image ({exc}); replace the file.") from None
     return pixels.transpose(2, 0, 1)  # (H, W, C) -> (C, H, W)
 
 
-def _read_cache(npy, meta, mmap):
-    advice = f"delete {npy.name} and {meta.name} from {npy.parent} and load again"
+def _read_cache(meta, arrays, stamp, mmap):
+    """Return the cached splits, or None if absent, unreadable or built from other files."""
     try:
         info = json.loads(meta.read_text(encoding="utf-8"))
-        names, shape = tuple(info["names"]), tuple(info["shape"])
-        images = np.load(npy, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DataError(
-            f"cache_dir: expected a readable Mini-ImageNet cache in {npy.name} and "
-            f"{meta.name}, got an error ({exc}); {advice}.") from None
-    if images.dtype != np.uint8 or images.shape != shape or len(names) != shape[0]:
-        raise DataError(
-            f"cache_dir: expected {npy.name} to hold uint8 images of shape {shape} with "
-            f"{len(names)} class names, got {images.dtype} {images.shape}; {advice}.")
-    return ClassImages(images, names)
+        if info["fingerprint"] != stamp:
+            return None
+        result = {}
+        for split in SPLITS:
+            names = tuple(info["splits"][split]["names"])
+            shape = tuple(info["splits"][split]["shape"])
+            images = np.load(arrays[split], mmap_mode="r" if mmap else None, allow_pickle=False)
+            if images.dtype != np.uint8 or images.shape != shape or len(names) != shape[0]:
+                return None
+            result[split] = ClassImages(images, names)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return result

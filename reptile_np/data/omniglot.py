@@ -1,9 +1,14 @@
 """Omniglot: decode the release once, cache it as one .npz, and build the few-shot splits.
 
-The pipeline reproduces supervised-reptile (REFERENCE c). The background and evaluation
+The pipeline reproduces supervised-reptile (supervised_reptile/omniglot.py: read_dataset,
+split_dataset, augment_dataset). The background and evaluation
 sets are merged; characters are listed with alphabets in sorted order, then characters in
 sorted order (1623 in all). Each 105x105 1-bit PNG is resized to 28x28 with NEAREST and
 kept as it is, without inversion: background 1.0, ink 0.0 (stored as 255 and 0).
+
+The cache is `<cache_dir>/omniglot_28x28_v2_<key>.npz`, one per source directory (see
+`reptile_np.data.cache`): it is used only while the release files it was decoded from are
+unchanged, and rebuilt otherwise.
 """
 import contextlib
 import io
@@ -14,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from reptile_np.data import cache
 from reptile_np.data.tasks import ClassImages, require_pillow
-from reptile_np.files import atomic_path, ensure_writable_dir
+from reptile_np.files import atomic_path
 from reptile_np.errors import DataError
 
 BACKGROUND = "images_background"
@@ -47,12 +53,13 @@ DRAWINGS = 20
 IMAGE_SIZE = 28
 NUM_TRAIN_CHARACTERS = 1200
 ROTATIONS = (0, 90, 180, 270)
-CACHE_NAME = "omniglot_28x28_v1.npz"
+CACHE_PREFIX = f"omniglot_{IMAGE_SIZE}x{IMAGE_SIZE}_v2"
 VINYALS_SPLITS = ("train", "val", "test")
-_MAX_PROBLEMS = 5
+FETCH_HINT = "run `reptile-np fetch-data omniglot`"
 
 
-def load_omniglot(data_dir, split="paper", seed=0, cache_dir=None, splits_dir=None):
+def load_omniglot(data_dir, split="paper", seed=0, cache_dir=None, splits_dir=None, *,
+                  flag="--data-dir"):
     """Load Omniglot as few-shot splits of 28x28 images.
 
     The "paper" split is supervised-reptile's: `random.seed(seed); random.shuffle(chars)`
@@ -66,23 +73,24 @@ def load_omniglot(data_dir, split="paper", seed=0, cache_dir=None, splits_dir=No
             (or the unpacked `images_background/` and `images_evaluation/` folders).
         split: "paper" or "vinyals".
         seed: Seed of the "paper" shuffle; supervised-reptile uses 0.
-        cache_dir: Directory of the decoded cache; defaults to `data_dir`.
+        cache_dir: Directory of the decoded caches; defaults to
+            `reptile_np.data.cache.default_cache_dir("omniglot")`, where `fetch-data` puts
+            them too.
         splits_dir: Directory of the Vinyals split files; defaults to
             `<data_dir>/splits/vinyals`.
+        flag: The command-line flag `data_dir` came from, named in error messages.
 
     Returns:
         A dict of `ClassImages` with images of shape (classes, 20, 1, 28, 28): keys "train"
         and "test" for the paper split, "train", "val" and "test" for the Vinyals split.
+
+    Raises:
+        DataError: `data_dir` does not hold a complete, readable release, or a Vinyals
+            split file is missing or malformed.
     """
     if split not in ("paper", "vinyals"):
         raise ValueError(f"split: expected 'paper' or 'vinyals', got {split!r}.")
-    cache_dir = data_dir if cache_dir is None else cache_dir
-    images, names = load_characters(data_dir, cache_dir)
-    expected = sum(sum(counts.values()) for counts in ALPHABETS.values())
-    if len(names) != expected:
-        raise DataError(
-            f"cache_dir: expected the Omniglot cache to hold {expected} characters, got "
-            f"{len(names)}; delete {cache_file(cache_dir)} and load again.")
+    images, names = load_characters(data_dir, cache_dir, flag=flag)
     if split == "paper":
         order = list(range(len(names)))
         # random.Random(seed).shuffle draws exactly what random.seed(seed); random.shuffle
@@ -95,85 +103,134 @@ def load_omniglot(data_dir, split="paper", seed=0, cache_dir=None, splits_dir=No
             "train": _rotated_classes(images, names, train, turns),
             "test": _rotated_classes(images, names, test, np.zeros(len(test), dtype=int)),
         }
+    where = f"splits_dir {splits_dir}" if splits_dir is not None \
+        else f"{flag} {data_dir}/splits/vinyals"
     splits_dir = Path(splits_dir) if splits_dir is not None \
         else Path(data_dir) / "splits" / "vinyals"
     index = {name: i for i, name in enumerate(names)}
     result = {}
     for part in VINYALS_SPLITS:
-        characters, turns = _read_split_file(splits_dir / f"{part}.txt", index)
+        characters, turns = _read_split_file(splits_dir / f"{part}.txt", index, where)
         result[part] = _rotated_classes(images, names, characters, turns)
     return result
 
 
-def load_characters(data_dir, cache_dir=None):
-    """Load all characters from the cache, decoding the release and writing it on first use.
+def load_characters(data_dir, cache_dir=None, *, flag="--data-dir"):
+    """Load all characters from the cache of `data_dir`, decoding the release if needed.
+
+    The release is checked first: its files must be present, and the cache is used only if
+    it was decoded from exactly these files (same paths, sizes and mtimes). Otherwise the
+    release is decoded and checked drawing by drawing, and the cache rebuilt; a failed
+    rebuild leaves no cache behind.
 
     Args:
         data_dir: Directory of the release zips or their unpacked folders.
-        cache_dir: Directory of the cache file; defaults to `data_dir`.
+        cache_dir: Directory of the caches; defaults to `cache.default_cache_dir("omniglot")`.
+        flag: The command-line flag `data_dir` came from, named in error messages.
 
     Returns:
         A tuple (images, names): uint8 images of shape (1623, 20, 28, 28) with values 0 (ink)
         and 255 (background), and the names "Alphabet/characterNN".
+
+    Raises:
+        DataError: The release is missing, incomplete or unreadable, or the cache cannot be
+            written.
     """
-    path = cache_file(cache_dir if cache_dir is not None else data_dir)
-    if path.exists():
-        return read_cache(path)
-    images, names = decode_omniglot(data_dir)
-    ensure_writable_dir(path.parent, "cache_dir")
-    write_cache(path, images, names)
+    source = cache.source_dir(data_dir, flag, FETCH_HINT)
+    stamp = source_fingerprint(source, flag)
+    path = cache_file(cache_dir, source)
+    cached = read_cache(path, stamp)
+    if cached is not None:
+        return cached
+    cache.prepare_dir(path.parent, stale=[path])
+    images, names = decode_omniglot(source, flag=flag)
+    _write_cache(path, images, names, stamp)
     return images, names
 
 
-def cache_file(cache_dir):
-    """Return the path of the Omniglot cache inside `cache_dir`."""
-    return Path(cache_dir) / CACHE_NAME
+def cache_characters(data_dir, images, names, cache_dir=None, *, flag="--data-dir"):
+    """Store characters decoded from an identical copy as the cache of `data_dir`.
+
+    `fetch-data --from` decodes (and so validates) the source before copying it; this
+    keeps that decode as the cache of the copy, which is where `train` will look.
+
+    Args:
+        data_dir: The directory that now holds the release.
+        images, names: As returned by `decode_omniglot` on an identical release.
+        cache_dir: As for `load_characters`.
+        flag: The command-line flag `data_dir` came from, named in error messages.
+    """
+    source = cache.source_dir(data_dir, flag, FETCH_HINT)
+    path = cache_file(cache_dir, source)
+    cache.prepare_dir(path.parent, stale=[path])
+    _write_cache(path, images, names, source_fingerprint(source, flag))
 
 
-def read_cache(path):
-    """Read an Omniglot cache written by `write_cache`; needs no Pillow.
+def cache_file(cache_dir, source):
+    """Return the path of the cache of the resolved release directory `source`.
+
+    Args:
+        cache_dir: Directory of the caches, or None for `cache.default_cache_dir("omniglot")`.
+        source: The resolved release directory, as returned by `cache.source_dir`.
+    """
+    cache_dir = Path(cache_dir) if cache_dir is not None else cache.default_cache_dir("omniglot")
+    return cache_dir / f"{cache.cache_name(CACHE_PREFIX, source)}.npz"
+
+
+def source_fingerprint(source, flag="--data-dir"):
+    """Return the fingerprint of the release files in `source` (see `reptile_np.data.cache`).
+
+    Only the files the decoder reads count: each zip, or each PNG of an unpacked folder.
+
+    Raises:
+        DataError: A source is neither a zip nor a folder in `source`.
+    """
+    files = []
+    for location in _locate_sources(source, ALPHABETS, flag).values():
+        files += [location] if location.is_file() else sorted(location.rglob("*.png"))
+    return cache.fingerprint(source, files, image_size=IMAGE_SIZE, drawings=DRAWINGS)
+
+
+def read_cache(path, stamp):
+    """Read an Omniglot cache written for the release with fingerprint `stamp`; needs no Pillow.
 
     Args:
         path: The .npz cache file.
+        stamp: The fingerprint of the release as it is now (`source_fingerprint`).
 
     Returns:
-        A tuple (images, names) as returned by `load_characters`.
+        A tuple (images, names) as returned by `load_characters`, or None when the cache is
+        absent, unreadable, of another shape, or was decoded from other files: all cases in
+        which it must be rebuilt.
     """
+    expected = (sum(sum(counts.values()) for counts in ALPHABETS.values()), DRAWINGS,
+                IMAGE_SIZE, IMAGE_SIZE)
     try:
         with np.load(path, allow_pickle=False) as archive:
+            if str(archive["fingerprint"]) != stamp:
+                return None
             images = archive["images"]
             names = tuple(archive["names"].tolist())
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
-        raise DataError(
-            f"cache_dir: expected {path} to be an Omniglot cache, but it is unreadable "
-            f"({exc}); delete it and rerun `reptile-np fetch-data omniglot`.") from None
-    if images.dtype != np.uint8 or images.ndim != 4 \
-            or images.shape[2:] != (IMAGE_SIZE, IMAGE_SIZE) or len(names) != len(images):
-        raise DataError(
-            f"cache_dir: expected {path} to hold uint8 images of shape (characters, drawings, "
-            f"{IMAGE_SIZE}, {IMAGE_SIZE}) with one name each, got {images.dtype} "
-            f"{images.shape} and {len(names)} names; delete it and rerun "
-            "`reptile-np fetch-data omniglot`.")
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None
+    if images.dtype != np.uint8 or images.shape != expected or len(names) != len(images):
+        return None
     return images, names
 
 
-def write_cache(path, images, names):
+def _write_cache(path, images, names, stamp):
     """Write the decoded characters to `path` atomically as an uncompressed .npz.
 
     Uncompressed, the 31 MB file loads in milliseconds. Names are stored as a fixed-width
     unicode array, so loading needs no pickle.
-
-    Args:
-        path: Destination .npz file.
-        images: uint8 array (characters, drawings, 28, 28).
-        names: One "Alphabet/characterNN" per character.
     """
-    with atomic_path(path) as tmp:
+    with cache.reporting_write_errors(path.parent), atomic_path(path) as tmp:
         with open(tmp, "wb") as stream:
-            np.savez(stream, images=images, names=np.array(names, dtype=str))
+            np.savez(stream, images=images, names=np.array(names, dtype=str),
+                     fingerprint=np.array(stamp))
 
 
-def decode_omniglot(data_dir, alphabets=ALPHABETS, drawings=DRAWINGS):
+def decode_omniglot(data_dir, alphabets=ALPHABETS, drawings=DRAWINGS, *, flag="--data-dir"):
     """Check the release in `data_dir` file by file and decode every drawing.
 
     Every expected alphabet and character must be present with exactly `drawings` PNGs,
@@ -185,18 +242,24 @@ def decode_omniglot(data_dir, alphabets=ALPHABETS, drawings=DRAWINGS):
         alphabets: The expected layout: source name -> {alphabet: number of characters},
             characters being named character01, character02, ...; tests pass a small one.
         drawings: Expected drawings per character.
+        flag: The command-line flag `data_dir` came from, named in error messages.
 
     Returns:
         A tuple (images, names) as returned by `load_characters`.
+
+    Raises:
+        DataError: A source is missing or unreadable, its layout differs from `alphabets`,
+            or a PNG does not decode as a 1-bit image.
     """
     image_module = require_pillow()
-    data_dir = Path(data_dir)
+    data_dir = cache.source_dir(data_dir, flag, FETCH_HINT)
+    where = f"{flag} {data_dir}"
     characters = {}  # "Alphabet/characterNN" -> (reader, sorted PNG names)
     with contextlib.ExitStack() as stack:
-        for source, expected in alphabets.items():
-            reader = stack.enter_context(_SourceReader(data_dir, source))
+        for source, location in _locate_sources(data_dir, alphabets, flag).items():
+            reader = stack.enter_context(_SourceReader(location, source, where))
             found = reader.characters()
-            _check_layout(reader.location, found, expected, drawings)
+            _check_layout(where, source, location.name, found, alphabets[source], drawings)
             characters.update((name, (reader, files)) for name, files in found.items())
         # Alphabets first, then characters, both sorted, across the merged sources.
         names = tuple(sorted(characters, key=lambda name: tuple(name.split("/"))))
@@ -204,37 +267,52 @@ def decode_omniglot(data_dir, alphabets=ALPHABETS, drawings=DRAWINGS):
         for i, name in enumerate(names):
             reader, files = characters[name]
             for j, file in enumerate(files):
-                images[i, j] = _decode_png(image_module, reader, f"{name}/{file}")
+                images[i, j] = _decode_png(image_module, reader, f"{name}/{file}", where)
     return images, names
 
 
-class _SourceReader:
-    """Lists and reads the PNGs of one source, from its zip if present, else its folder."""
-
-    def __init__(self, data_dir, source):
-        self.source = source
-        zip_path = data_dir / f"{source}.zip"
-        folder = data_dir / source
+def _locate_sources(data_dir, alphabets, flag):
+    """Return {source: its zip, or its folder if there is no zip} for each source."""
+    located, missing = {}, []
+    for source in alphabets:
+        zip_path, folder = data_dir / f"{source}.zip", data_dir / source
         if zip_path.is_file():
-            self.location = zip_path
+            located[source] = zip_path
+        elif folder.is_dir():
+            located[source] = folder
+        else:
+            missing.append(source)
+    if len(missing) == len(alphabets):
+        raise DataError(
+            f"{flag} {data_dir} holds no Omniglot images: expected "
+            f"{' and '.join(f'{source}.zip' for source in alphabets)} or their folders; "
+            f"{FETCH_HINT}.")
+    if missing:
+        raise DataError(
+            f"{flag} {data_dir} has {', '.join(located[s].name for s in located)} but no "
+            f"{' or '.join(f'{s}.zip or {s}/ folder' for s in missing)}; {FETCH_HINT}.")
+    return located
+
+
+class _SourceReader:
+    """Lists and reads the PNGs of one source, from its zip or its folder."""
+
+    def __init__(self, location, source, where):
+        self.source, self.location, self.where = source, location, where
+        if location.is_file():
             try:
-                self._zip = zipfile.ZipFile(zip_path)
+                self._zip = zipfile.ZipFile(location)
             except (OSError, zipfile.BadZipFile) as exc:
                 raise DataError(
-                    f"data_dir: expected {zip_path} to be a zip archive, but it is unreadable "
-                    f"({exc}); delete it and rerun `reptile-np fetch-data omniglot`.") from None
+                    f"{where}: {location.name} is not a readable zip archive ({exc}); "
+                    f"{FETCH_HINT}.") from None
             prefix = f"{source}/"
             self._members = [name[len(prefix):] for name in self._zip.namelist()
                              if name.startswith(prefix) and not name.endswith("/")]
-        elif folder.is_dir():
-            self.location = folder
-            self._zip = None
-            self._members = [path.relative_to(folder).as_posix()
-                             for path in folder.rglob("*") if path.is_file()]
         else:
-            raise DataError(
-                f"data_dir: expected {zip_path.name} or a {source}/ folder in {data_dir}, "
-                "got neither; run `reptile-np fetch-data omniglot`.")
+            self._zip = None
+            self._members = [path.relative_to(location).as_posix()
+                             for path in location.rglob("*") if path.is_file()]
 
     def __enter__(self):
         return self
@@ -261,17 +339,22 @@ class _SourceReader:
         return (self.location / relative).read_bytes()
 
 
-def _check_layout(location, found, expected, drawings):
+def _check_layout(where, source, name, found, expected, drawings):
+    """Raise a DataError listing how `found` differs from the expected alphabets."""
+    if not found:
+        raise DataError(
+            f"{where} holds no Omniglot images in {name}: expected PNGs under "
+            f"{source}/<Alphabet>/characterNN/; {FETCH_HINT}.")
     problems = []
     if "" in found:
-        problems.append(f"PNGs outside Alphabet/characterNN/: {', '.join(found[''][:3])}")
+        problems.append(f"PNGs outside Alphabet/characterNN/: {cache.listing(found[''], 40)}")
     alphabets = {}
-    for name in filter(None, found):
-        alphabet, character = name.split("/")
-        alphabets.setdefault(alphabet, set()).add(character)
+    for character in filter(None, found):
+        alphabet, number = character.split("/")
+        alphabets.setdefault(alphabet, set()).add(number)
     missing = sorted(set(expected) - set(alphabets))
     if missing:
-        problems.append(f"missing alphabets {', '.join(missing)}")
+        problems.append(f"missing alphabets {cache.listing(missing, 40)}")
     for alphabet in sorted(set(alphabets) - set(expected)):
         problems.append(f"unexpected alphabet {alphabet}")
     for alphabet in sorted(set(expected) & set(alphabets)):
@@ -281,27 +364,24 @@ def _check_layout(location, found, expected, drawings):
             problems.append(f"missing {alphabet}/{character}")
         for character in sorted(have - wanted):
             problems.append(f"unexpected {alphabet}/{character}")
-    for name in sorted(filter(None, found)):
-        if len(found[name]) != drawings:
-            problems.append(f"{name} has {len(found[name])} drawings")
+    for character in sorted(filter(None, found)):
+        if len(found[character]) != drawings:
+            problems.append(f"{character} has {len(found[character])} drawings")
     if problems:
-        shown = "; ".join(problems[:_MAX_PROBLEMS])
-        more = f"; and {len(problems) - _MAX_PROBLEMS} more" \
-            if len(problems) > _MAX_PROBLEMS else ""
         raise DataError(
-            f"data_dir: expected {location} to hold {len(expected)} alphabets with "
-            f"{sum(expected.values())} characters of {drawings} drawings each, got {shown}{more}; "
-            "re-download it with `reptile-np fetch-data omniglot`.")
+            f"{where}: {name} does not hold the expected {len(expected)} alphabets of "
+            f"{sum(expected.values())} characters with {drawings} drawings each: "
+            f"{cache.listing(problems, 70, sep='; ', more='more problems')}; {FETCH_HINT}.")
 
 
-def _decode_png(image_module, reader, relative):
-    where = f"{reader.location}/{relative}"
+def _decode_png(image_module, reader, relative, where):
+    what = f"{where}: {reader.location.name}, {reader.source}/{relative},"
     try:
         with image_module.open(io.BytesIO(reader.read(relative))) as image:
             if image.mode != "1":
                 raise DataError(
-                    f"data_dir: expected {where} to be a 1-bit PNG (mode '1'), got mode "
-                    f"{image.mode!r}.")
+                    f"{what} is not a 1-bit PNG (mode '1') but mode {image.mode!r}; "
+                    f"{FETCH_HINT}.")
             # PIL resizes mode "1" with NEAREST whatever filter is asked for; naming it
             # keeps the 0/1 pixels of the reference pipeline explicit.
             small = image.resize((IMAGE_SIZE, IMAGE_SIZE), image_module.Resampling.NEAREST)
@@ -309,9 +389,7 @@ def _decode_png(image_module, reader, relative):
     except DataError:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise DataError(
-            f"data_dir: expected {where} to be a readable PNG, got an error ({exc}); "
-            "re-download it with `reptile-np fetch-data omniglot`.") from None
+        raise DataError(f"{what} is not a readable PNG ({exc}); {FETCH_HINT}.") from None
     return pixels.astype(np.uint8) * np.uint8(255)  # white background -> 255 -> 1.0
 
 
@@ -329,12 +407,11 @@ def _rotated_classes(images, names, characters, turns):
     return ClassImages(out, labels)
 
 
-def _read_split_file(path, index):
+def _read_split_file(path, index, where):
     if not path.is_file():
         raise DataError(
-            f"splits_dir: expected the Vinyals split file {path.name} in {path.parent} (copy "
-            "train.txt, val.txt and test.txt from jakesnell/prototypical-networks "
-            "data/omniglot/splits/vinyals), got no such file.")
+            f"{where} has no Vinyals split file {path.name}: copy train.txt, val.txt and "
+            "test.txt there from jakesnell/prototypical-networks data/omniglot/splits/vinyals.")
     characters, turns = [], []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
@@ -342,9 +419,9 @@ def _read_split_file(path, index):
         match = re.fullmatch(r"(.+/character\d+)/rot(\d{3})", line.strip())
         if not match or match.group(1) not in index or int(match.group(2)) not in ROTATIONS:
             raise DataError(
-                f"splits_dir: expected line {number} of {path} to read "
-                f"Alphabet/characterNN/rotDDD with a known character and DDD in 000/090/180/270, "
-                f"got {line.strip()!r}.")
+                f"{where}: line {number} of {path.name} should read "
+                "Alphabet/characterNN/rotDDD with a known character and DDD in 000/090/180/270, "
+                f"but is {cache.shorten(line.strip())!r}.")
         characters.append(index[match.group(1)])
         turns.append(int(match.group(2)) // 90)
     return np.array(characters, dtype=int), np.array(turns, dtype=int)
