@@ -269,6 +269,11 @@ class Conv2d(Layer):
                 f"stride={self.stride}, padding={self.padding!r})")
 
 
+def _channel_count(x):
+    """M = N*H*W, the number of values a BatchNorm2d channel normalises over."""
+    return x.shape[0] * x.shape[2] * x.shape[3]
+
+
 class BatchNorm2d(Layer):
     """Batch normalisation with the statistics of the current batch, always.
 
@@ -338,7 +343,8 @@ class BatchNorm2d(Layer):
         dx, (dgamma, dbeta) = self.backward(params, cache, dy)
         r_dx, r_dgamma, r_dbeta = kernels.batchnorm2d_backward(r_dy, x_hat, inv_std, gamma)
         count = _channel_count(dy)
-        u = dy - (dbeta / count)[None, :, None, None] - x_hat * (dgamma / count)[None, :, None, None]
+        u = (dy - (dbeta / count)[None, :, None, None]
+             - x_hat * (dgamma / count)[None, :, None, None])
         scale_r = r_gamma * inv_std
         if r_x_hat is not None:
             dy_dot_r_x_hat = np.einsum("nchw,nchw->c", dy, r_x_hat)
@@ -352,11 +358,6 @@ class BatchNorm2d(Layer):
 
     def __repr__(self):
         return f"BatchNorm2d({self.num_features}, eps={self.eps})"
-
-
-def _channel_count(x):
-    """M = N*H*W, the number of values a BatchNorm2d channel normalises over."""
-    return x.shape[0] * x.shape[2] * x.shape[3]
 
 
 class ReLU(PiecewiseLinear):
