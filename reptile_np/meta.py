@@ -271,18 +271,42 @@ def combination_step(model, theta, tasks, optimizer, rng, inner_batch, inner_ite
     return theta + theta.dtype.type(epsilon / len(tasks)) * combined
 
 
-def hessian_vector_product(model, phi, x, y, vector, reduction="sum", step=1e-5):
-    """H v for the loss on (x, y) at ``phi``, by central differences of our gradient.
+def hessian_vector_product(model, phi, x, y, vector, reduction="sum"):
+    """H v for the loss on (x, y) at ``phi``, exactly: `models.Sequential.hessian_vector_product`
+    (Pearlmutter's R-operator through every layer; see there for what exact means with
+    ReLU and max-pool)."""
+    return model.hessian_vector_product(phi, x, y, vector, reduction)
+
+
+def finite_difference_hvp(model, phi, x, y, vector, reduction="sum", step=1e-5):
+    """H v by central differences of our gradient, an independent check of the exact one.
 
     ``(grad(phi + r v) - grad(phi - r v)) / (2 r)`` with ``r = step / |v|``: exact up to
-    O(r^2) for smooth losses. Use float64; this is a reference tool, not a fast path.
+    O(r^2) for smooth losses. Use float64. On ReLU or max-pool networks the difference is
+    meaningless when the segment crosses a switch (a ReLU input changing sign, a pool
+    window changing winner): the gradient jumps there, and dividing the jump by 2r gives
+    errors of 1e2..1e4. So the switch patterns at phi - r v, phi and phi + r v must agree.
+
+    Raises:
+        ValueError: if they differ in some layer (named in the message).
     """
     norm = np.linalg.norm(vector)
     if norm == 0:
         return np.zeros_like(vector)
     r = step / norm
-    _, grad_plus = model.loss_and_grad(phi + r * vector, x, y, reduction)
-    _, grad_minus = model.loss_and_grad(phi - r * vector, x, y, reduction)
+    plus, minus = phi + r * vector, phi - r * vector
+    centre = model.switch_pattern(phi, x)
+    for end in (model.switch_pattern(minus, x), model.switch_pattern(plus, x)):
+        for index, pattern in centre.items():
+            changed = int(np.count_nonzero(end[index] != pattern))
+            if changed:
+                raise ValueError(
+                    f"step {step} makes the finite-difference HVP cross a switch of layer "
+                    f"{index} ({type(model.layers[index]).__name__}): {changed} of its "
+                    f"{pattern.size} switches differ between phi and phi +- r v (r = {r:.3g}), "
+                    f"so the difference quotient is wrong; use the exact hessian_vector_product.")
+    _, grad_plus = model.loss_and_grad(plus, x, y, reduction)
+    _, grad_minus = model.loss_and_grad(minus, x, y, reduction)
     return (grad_plus - grad_minus) / (2 * r)
 
 
@@ -292,7 +316,9 @@ def maml_gradient(model, theta, x, y, batches, lr, reduction="sum"):
     The inner loop takes SGD steps on batches 1..k-1 (phi_1 = theta,
     phi_{j+1} = phi_j - lr g_j); the meta-loss is batch k's loss at phi_k. Its
     gradient with respect to theta is ``prod_{j<k} (I - lr H_j(phi_j)) g_k``,
-    evaluated from the last factor back with Hessian-vector products.
+    evaluated from the last factor back with exact Hessian-vector products
+    (`hessian_vector_product`): equal to PyTorch's double backward up to rounding on
+    every network here, ReLU, max-pool and BatchNorm included.
 
     Returns:
         (g_maml, g_fomaml): the exact meta-gradient and its first-order part g_k.
@@ -311,7 +337,7 @@ def maml_gradient(model, theta, x, y, batches, lr, reduction="sum"):
 
 def maml_step(model, theta, tasks, rng, inner_batch, inner_iters, lr, epsilon,
               replacement=False, reduction="sum"):
-    """One meta-iteration of second-order MAML with inner SGD (a reference, for small nets).
+    """One meta-iteration of second-order MAML with inner SGD (exact; see `maml_gradient`).
 
     ``inner_iters`` counts all batches: ``inner_iters - 1`` inner SGD steps, then the
     meta-loss batch -- the same batches FOMAML's shared tail would use, so the two

@@ -17,6 +17,8 @@ from .layers import BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU, Tanh
 from .params import ParameterLayout
 
 LOSSES = {"cross_entropy": losses.softmax_cross_entropy, "mse": losses.mean_squared_error}
+# Each loss's R-operator: R{dout} along a direction of the output (for Hessian-vector products).
+LOSS_R_OPS = {"cross_entropy": losses.softmax_cross_entropy_r, "mse": losses.mean_squared_error_r}
 
 
 class MLPStructure(NamedTuple):
@@ -173,9 +175,76 @@ class Sequential:
             # Nothing needs the gradient with respect to the input batch itself.
             dout, dparams = self.layers[index].backward(layer_params[index], caches[index], dout,
                                                         input_grad=index > 0)
-            for (start, stop, shape), value in zip(self._spans[index], dparams):
-                grad[start:stop].reshape(shape)[...] = value   # one copy, from any layout
+            self._write_layer(grad, index, dparams)
         return loss, grad
+
+    def _write_layer(self, flat, index, tensors):
+        """Copy layer ``index``'s tensors into their slices of the flat vector ``flat``."""
+        for (start, stop, shape), value in zip(self._spans[index], tensors):
+            flat[start:stop].reshape(shape)[...] = value   # one copy, from any layout
+
+    def hessian_vector_product(self, theta, x, y, vector, reduction="sum"):
+        """H v: the Hessian of the loss on (x, y) at ``theta`` times ``vector``, exactly.
+
+        Pearlmutter's R-operator (R{q} = d/dt q(theta + t v) at t = 0): each layer's
+        `forward_r` carries R{activations} forward beside the forward pass, the loss's
+        R-operator turns R{output} into R{dout}, and each layer's `backward_r` carries
+        R{gradients} back beside the backward pass; R{dL/dtheta} = H v. One pass costs
+        about three gradients, with no step size to choose.
+
+        What "exact" means: up to rounding, the Hessian wherever the loss is twice
+        differentiable at ``theta`` -- everywhere for Tanh networks (the sine MLP) and
+        batch-statistics BatchNorm; for ReLU and max-pool (the Omniglot and
+        Mini-ImageNet CNNs) the Hessian with ``theta``'s switch pattern (`switch_pattern`)
+        held fixed, which is the true Hessian except where a ReLU input or a pool tie sits
+        exactly on a switch, and is what PyTorch's double backward computes.
+
+        Args:
+            theta: flat parameters. x, y: a batch, as `loss_and_grad`.
+            vector: a flat direction of theta's layout (cast to theta's dtype).
+            reduction: "sum" or "mean", as `loss_and_grad`.
+
+        Returns:
+            H v, a flat vector of theta's layout and dtype.
+        """
+        out = self._check_x(theta, x)
+        y = self._check_y(theta, out, y)
+        self.layout.check(vector, "vector")
+        layer_params = self._layer_params(theta)
+        layer_directions = self._layer_params(vector.astype(theta.dtype, copy=False))
+        r_out, caches = None, []   # R{x} = 0: the batch does not move with theta
+        for layer, params, r_params in zip(self.layers, layer_params, layer_directions):
+            out, r_out, cache = layer.forward_r(params, r_params, out, r_out)
+            caches.append(cache)
+        if r_out is None:          # a model without parameters
+            r_out = np.zeros_like(out)
+        _, dout = LOSSES[self.loss_name](out, y, reduction)
+        r_dout = LOSS_R_OPS[self.loss_name](out, y, r_out, reduction)
+        hvp = np.empty_like(theta)
+        for index in reversed(range(len(self.layers))):
+            dout, r_dout, _, r_dparams = self.layers[index].backward_r(
+                layer_params[index], layer_directions[index], caches[index], dout, r_dout,
+                input_grad=index > 0)
+            self._write_layer(hvp, index, r_dparams)
+        return hvp
+
+    def switch_pattern(self, theta, x):
+        """Where the network's derivatives switch, at ``theta`` on the batch ``x``.
+
+        Returns:
+            ``{layer index: pattern}`` for the ReLU (mask x > 0) and MaxPool2d (winning
+            tap of every window) layers, each as the layer's `switch_pattern`. Two
+            parameter vectors with equal patterns lie on one smooth piece of the loss
+            when the segment between them stays on it.
+        """
+        out = self._check_x(theta, x)
+        patterns = {}
+        for index, (layer, params) in enumerate(zip(self.layers, self._layer_params(theta))):
+            out, cache = layer.forward(params, out)
+            pattern = layer.switch_pattern(cache)
+            if pattern is not None:
+                patterns[index] = pattern
+        return patterns
 
 
 def omniglot_cnn(num_classes=5, eps=1e-3):
