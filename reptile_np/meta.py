@@ -15,7 +15,8 @@ its state across tasks when the caller does not reset it (the paper's policy).
 Also here: first-order MAML (the last inner step's parameter change, with a shared
 or a separate tail batch), the general family of the paper's section 6.2 (any
 weighted sum of the inner steps), and exact second-order MAML through inner SGD
-steps as a float64 reference tool for small networks.
+steps (Hessian-vector products by the R-operator, see
+`models.Sequential.hessian_vector_product`).
 """
 import numpy as np
 
