@@ -20,7 +20,7 @@ steps (Hessian-vector products by the R-operator, see
 """
 import numpy as np
 
-from . import checks, kernels, optim
+from . import checks
 
 
 def minibatches(num_samples, batch_size, num_batches, rng, replacement=False):
@@ -83,51 +83,17 @@ def inner_loop(model, theta, x, y, batches, optimizer, reduction="sum", weight_d
         ValueError: naming ``y`` when it has not one entry per example of ``x`` (the
             model checks theta, shapes and labels).
 
-    A multilayer perceptron under plain SGD (the sine model) takes a compiled path with
-    the same result up to rounding; see `kernels.mlp_sgd_inner_loop`.
+    The meta-steps below take any function with this signature as their ``inner_loop``;
+    `reptile_np.fused.mlp_sgd_inner_loop` is one that runs a small MLP's SGD steps in
+    one compiled call.
     """
-    # Only length comparisons here: this runs thousands of times a second on the sine MLP.
     checks.same_length("y", x, y)
-    structure = model.mlp_structure()
-    if structure is not None and type(optimizer) is optim.SGD:
-        index = _index_matrix(batches)
-        if index is not None:
-            # A small MLP's step is ~25 NumPy calls of little arithmetic each, so Python
-            # overhead dominates: one call runs every step instead.
-            return _mlp_sgd_inner_loop(model, structure, theta, x, y, index, optimizer.lr,
-                                       reduction, weight_decay)
-    return step_by_step_inner_loop(model, theta, x, y, batches, optimizer, reduction, weight_decay)
-
-
-def step_by_step_inner_loop(model, theta, x, y, batches, optimizer, reduction="sum",
-                            weight_decay=1.0):
-    """`inner_loop` for any model and optimiser: per batch, the gradient, then one step."""
     phi = theta.copy()
     for batch in batches:
         if weight_decay != 1.0:
             phi *= phi.dtype.type(weight_decay)
         _, grad = model.loss_and_grad(phi, x[batch], y[batch], reduction)
         optimizer.step(phi, grad)
-    return phi
-
-
-def _index_matrix(batches):
-    """The batches as one (num_steps, batch_size) integer array, or None unless they are
-    non-empty integer index arrays of one length."""
-    if len({len(batch) for batch in batches}) != 1:
-        return None
-    index = np.asarray(batches)
-    return index if index.ndim == 2 and index.dtype.kind in "iu" and index.shape[1] > 0 else None
-
-
-def _mlp_sgd_inner_loop(model, structure, theta, x, y, index, lr, reduction, weight_decay):
-    """`inner_loop` for an MLP (``structure``, see `models.Sequential.mlp_structure`) under
-    SGD with learning rate ``lr``: ``index`` (num_steps, batch_size) picks the batches."""
-    x = model._check_x(theta, x)
-    y = model._check_y(theta, x, y)
-    phi = theta.copy()
-    kernels.mlp_sgd_inner_loop(phi, structure.widths, structure.activation, x[index], y[index],
-                               lr, reduction, weight_decay)
     return phi
 
 
@@ -192,12 +158,15 @@ def _check_step_arguments(model, theta, tasks, rng, inner_batch, inner_iters, ep
 
 
 def reptile_step(model, theta, tasks, optimizer, rng, inner_batch, inner_iters, epsilon,
-                 replacement=False, reduction="sum", weight_decay=1.0):
+                 replacement=False, reduction="sum", weight_decay=1.0,
+                 inner_loop=inner_loop):
     """One meta-iteration of Reptile; serial Reptile is the case of one task.
 
     Args:
         tasks: list of ``(x, y)``, one per task of the meta-batch.
         epsilon: the outer step size (see `meta_step_size`).
+        inner_loop: the function that adapts theta to one task, with the signature of
+            this module's `inner_loop` (the default).
         Others: as `inner_loop` and `minibatches`.
 
     Returns:
@@ -211,14 +180,14 @@ def reptile_step(model, theta, tasks, optimizer, rng, inner_batch, inner_iters, 
     for x, y in tasks:
         batches = minibatches(len(y), inner_batch, inner_iters, rng, replacement)
         phis.append(inner_loop(model, theta, x, y, batches, optimizer, reduction, weight_decay))
-    # One task (serial Reptile): the mean is that phi. np.mean would copy it and divide by
-    # 1, exactly, in ~10 us, a visible part of a sine meta-iteration.
+    # One task (serial Reptile): the mean is that phi (np.mean would only copy it).
     mean_phi = phis[0] if len(phis) == 1 else np.mean(phis, axis=0)
     return theta + theta.dtype.type(epsilon) * (mean_phi - theta)
 
 
 def fomaml_step(model, theta, tasks, optimizer, rng, inner_batch, inner_iters, epsilon,
-                replacement=False, reduction="sum", weight_decay=1.0, tail_shots=None):
+                replacement=False, reduction="sum", weight_decay=1.0, tail_shots=None,
+                inner_loop=inner_loop):
     """One meta-iteration of first-order MAML as the paper's code does it (``--foml``).
 
     Each task runs the inner loop; the outer update is the mean over tasks of the
@@ -242,7 +211,8 @@ def fomaml_step(model, theta, tasks, optimizer, rng, inner_batch, inner_iters, e
 
 
 def combination_step(model, theta, tasks, optimizer, rng, inner_batch, inner_iters, epsilon,
-                     step_weights, replacement=False, reduction="sum", weight_decay=1.0):
+                     step_weights, replacement=False, reduction="sum", weight_decay=1.0,
+                     inner_loop=inner_loop):
     """The paper's section 6.2 family: the outer update is a weighted sum of inner steps.
 
     With inner SGD the i-th step changes the parameters by ``-lr * g_i``, so

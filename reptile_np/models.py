@@ -75,8 +75,8 @@ class Sequential:
 
     def mlp_structure(self):
         """The `MLPStructure` when the model is a multilayer perceptron with squared error
-        (e.g. `sine_mlp`), for which `meta.inner_loop` runs `kernels.mlp_sgd_inner_loop`;
-        None otherwise."""
+        (e.g. `sine_mlp`), which `reptile_np.fused.mlp_sgd_inner_loop` can run; None
+        otherwise."""
         return self._mlp
 
     def __repr__(self):
@@ -115,6 +115,16 @@ class Sequential:
         """Each layer's parameters as a tuple of views into ``theta``."""
         return [tuple([theta[start:stop].reshape(shape) for start, stop, shape in spans])
                 for spans in self._spans]
+
+    def check_batch(self, theta, x, y):
+        """``(x, y)`` as the model computes with them (in theta's dtype; labels as given),
+        after checking theta, the shape of x and the targets.
+
+        Raises:
+            ValueError: naming ``theta``, ``x`` or ``y``.
+        """
+        x = self._check_x(theta, x)
+        return x, self._check_y(theta, x, y)
 
     def _check_x(self, theta, x):
         self.layout.check(theta)

@@ -13,7 +13,7 @@ adapt in so few steps; the Reptile initialisation can.
 """
 import numpy as np
 
-from . import meta
+from . import fused, meta
 from .data.sine import GRID_POINTS, sample_sine_task, sine_grid, sine_task, sine_values
 from .data.tasks import mean_confidence_interval
 from .models import sine_mlp
@@ -55,6 +55,9 @@ def train_sine(algorithm="reptile", meta_iters=30000, inner_iters=5, inner_batch
     theta_initial = model.init(rng, dtype)
     theta = theta_initial
     optimizer = SGD(lr)
+    # An MLP under SGD: its whole inner loop runs in one kernel call (same result up to
+    # rounding as meta.inner_loop; see reptile_np.fused).
+    inner_loop = fused.mlp_sgd_inner_loop
     steps = 1 if algorithm == "joint" else inner_iters
     progress = Progress(meta_iters, f"sine {algorithm}", progress_stream)
     # Overflow is caught below, by testing theta, rather than warned about once per array.
@@ -64,10 +67,10 @@ def train_sine(algorithm="reptile", meta_iters=30000, inner_iters=5, inner_batch
             tasks = [sine_task(rng, dtype)]
             if algorithm in ("reptile", "joint"):
                 theta = meta.reptile_step(model, theta, tasks, optimizer, rng, inner_batch, steps,
-                                          epsilon, reduction="mean")
+                                          epsilon, reduction="mean", inner_loop=inner_loop)
             elif algorithm == "fomaml":
                 theta = meta.fomaml_step(model, theta, tasks, optimizer, rng, inner_batch, steps,
-                                         epsilon, reduction="mean")
+                                         epsilon, reduction="mean", inner_loop=inner_loop)
             else:
                 theta = meta.maml_step(model, theta, tasks, rng, inner_batch, steps, lr, epsilon,
                                        reduction="mean")

@@ -3,10 +3,11 @@
 The NumPy twin (`mlp_reference`) and the Numba twin (`mlp_fast`) agree on random MLPs
 (widths, activations, reductions, weight decay, batches with repeated examples), and
 the Numba twin's loop orders give identical bits. `models.Sequential.mlp_structure`
-recognises exactly the models the kernel covers. `meta.inner_loop` runs it for those
-under SGD and gets the per-step loop's result (``model.loss_and_grad`` then
-``SGD.step``), `meta.reptile_step` the same theta as before; every other model,
-optimiser or batching still takes the per-step loop. ``REPTILE_NP_TEST_SEED`` draws
+recognises exactly the models the kernel covers. `fused.mlp_sgd_inner_loop` runs it for
+those under SGD and gets the result of `meta.inner_loop`, the per-step loop
+(``model.loss_and_grad`` then ``SGD.step``), and `meta.reptile_step` given it the same
+theta; it refuses other models, optimisers and batchings by name, and the algorithm's
+own loop never calls the kernel. The sine demo trains with it. ``REPTILE_NP_TEST_SEED`` draws
 other random MLPs.
 """
 import inspect
@@ -15,7 +16,7 @@ import os
 import numpy as np
 import pytest
 
-from reptile_np import kernels, meta, models, optim
+from reptile_np import fused, kernels, meta, models, optim
 from reptile_np.data import sine
 from reptile_np.kernels import mlp_reference
 from reptile_np.layers import Linear, ReLU, Tanh
@@ -140,11 +141,11 @@ def test_mlp_structure_is_none_for_anything_else(model):
 
 
 # --------------------------------------------------------------------------------------
-# meta.inner_loop's fused path against its per-step loop
+# fused.mlp_sgd_inner_loop against meta.inner_loop, the per-step loop
 
 @pytest.fixture
 def fused_calls(monkeypatch):
-    """The calls `meta` makes to `kernels.mlp_sgd_inner_loop` (which still run)."""
+    """The calls made to `kernels.mlp_sgd_inner_loop` (which still run)."""
     calls = []
     real = kernels.mlp_sgd_inner_loop
 
@@ -177,9 +178,10 @@ def test_fused_inner_loop_equals_the_per_step_loop(backend, fused_calls, name, d
     y = rng.normal(size=(20,) + model.output_shape).astype(dtype)
     batches = meta.minibatches(20, 6, 7, rng)   # 7 steps over 3 passes: batches straddle them
     lr = 0.05 if reduction == "mean" else 0.01
-    expected = meta.step_by_step_inner_loop(model, theta, x, y, batches, optim.SGD(lr), reduction,
-                                   weight_decay)
-    actual = meta.inner_loop(model, theta, x, y, batches, optim.SGD(lr), reduction, weight_decay)
+    expected = meta.inner_loop(model, theta, x, y, batches, optim.SGD(lr), reduction, weight_decay)
+    assert fused_calls == []   # the algorithm's loop never takes a fast path by itself
+    actual = fused.mlp_sgd_inner_loop(model, theta, x, y, batches, optim.SGD(lr), reduction,
+                                      weight_decay)
     assert len(fused_calls) == 1
     np.testing.assert_array_equal(theta, theta_before)
     assert np.max(np.abs(expected - theta)) > 1e-3 * np.max(np.abs(theta))
@@ -193,10 +195,11 @@ def test_reptile_step_on_the_sine_model_gives_the_per_step_theta(backend, fused_
     theta = model.init(rng, np.float64)
     tasks = [sine.sine_task(rng, np.float64) for _ in range(meta_batch)]
     new = meta.reptile_step(model, theta, tasks, optim.SGD(0.02), np.random.default_rng(1),
-                            inner_batch=10, inner_iters=5, epsilon=0.1, reduction="mean")
+                            inner_batch=10, inner_iters=5, epsilon=0.1, reduction="mean",
+                            inner_loop=fused.mlp_sgd_inner_loop)
     batch_rng = np.random.default_rng(1)
-    phis = [meta.step_by_step_inner_loop(model, theta, x, y, meta.minibatches(len(y), 10, 5, batch_rng),
-                                optim.SGD(0.02), "mean", 1.0) for x, y in tasks]
+    phis = [meta.inner_loop(model, theta, x, y, meta.minibatches(len(y), 10, 5, batch_rng),
+                            optim.SGD(0.02), "mean", 1.0) for x, y in tasks]
     expected = theta + 0.1 * (np.mean(phis, axis=0) - theta)
     assert len(fused_calls) == meta_batch
     if backend == "numpy":
@@ -225,45 +228,43 @@ def _cross_entropy_case(rng):
     return model, x, np.arange(12) % 3, optim.SGD(0.1)
 
 
-@pytest.mark.parametrize("make_case", [_cnn_case, _adam_case, _cross_entropy_case],
+@pytest.mark.parametrize("make_case, argument", [(_cnn_case, "model"), (_adam_case, "optimizer"),
+                                                (_cross_entropy_case, "model")],
                          ids=["cnn", "adam", "cross-entropy"])
-def test_other_models_and_optimisers_take_the_per_step_loop(backend, fused_calls, make_case):
+def test_the_fused_loop_refuses_what_it_does_not_cover(backend, fused_calls, make_case, argument):
     rng = np.random.default_rng(SEED)
     model, x, y, optimizer = make_case(rng)
     theta = model.init(rng, np.float32)
     batches = meta.minibatches(len(y), 3, 2, rng)
-    snapshot = optimizer.snapshot()
-    expected = meta.step_by_step_inner_loop(model, theta, x, y, batches, optimizer, "sum", 0.99)
-    optimizer.restore(snapshot)
-    actual = meta.inner_loop(model, theta, x, y, batches, optimizer, "sum", 0.99)
+    with pytest.raises(ValueError, match=f"^{argument}: expected .*use meta.inner_loop"):
+        fused.mlp_sgd_inner_loop(model, theta, x, y, batches, optimizer, "sum", 0.99)
     assert fused_calls == []
-    np.testing.assert_array_equal(actual, expected)
 
 
-def test_batches_of_unequal_length_take_the_per_step_loop(backend, fused_calls):
+def test_the_fused_loop_checks_its_inputs(backend, fused_calls):
     model = models.sine_mlp(hidden=(8,))
     rng = np.random.default_rng(SEED)
     theta = model.init(rng, np.float64)
     x = rng.uniform(-5, 5, size=(10, 1))
-    batches = [np.arange(4), np.arange(4, 10)]
-    expected = meta.step_by_step_inner_loop(model, theta, x, np.sin(x), batches, optim.SGD(0.1), "mean", 1.0)
-    actual = meta.inner_loop(model, theta, x, np.sin(x), batches, optim.SGD(0.1), "mean")
-    assert fused_calls == []
-    np.testing.assert_array_equal(actual, expected)
-
-
-def test_fused_inner_loop_checks_its_inputs_as_the_per_step_loop(backend):
-    model = models.sine_mlp(hidden=(8,))
-    rng = np.random.default_rng(SEED)
-    theta = model.init(rng, np.float64)
-    x = rng.uniform(-5, 5, size=(10, 1))
-    batches = meta.minibatches(10, 5, 2, rng)
+    loop = fused.mlp_sgd_inner_loop
+    with pytest.raises(ValueError, match="^batches: expected non-empty integer index arrays of one"):
+        loop(model, theta, x, np.sin(x), [np.arange(4), np.arange(4, 10)], optim.SGD(0.1))
+    with pytest.raises(ValueError, match=r"^batches: expected indices in \[0, 10\), got values from 0 to 10"):
+        loop(model, theta, x, np.sin(x), [np.array([0, 10])], optim.SGD(0.1))
     with pytest.raises(ValueError, match="y must have shape"):
-        meta.inner_loop(model, theta, x, np.sin(x)[:, 0], batches, optim.SGD(0.1))
-    with pytest.raises(ValueError, match="reduction must be"):
-        meta.inner_loop(model, theta, x, np.sin(x), batches, optim.SGD(0.1), reduction="max")
-    with pytest.raises(IndexError):
-        meta.inner_loop(model, theta, x, np.sin(x), [np.array([0, 10])], optim.SGD(0.1))
+        loop(model, theta, x, np.sin(x)[:, 0], meta.minibatches(10, 5, 2, rng), optim.SGD(0.1))
+    assert fused_calls == []
+    with pytest.raises(ValueError, match="reduction"):   # refused by the kernel itself
+        loop(model, theta, x, np.sin(x), meta.minibatches(10, 5, 2, rng), optim.SGD(0.1),
+             reduction="max")
+    np.testing.assert_array_equal(loop(model, theta, x, np.sin(x), [], optim.SGD(0.1)), theta)
+
+
+def test_the_sine_demo_trains_with_the_fused_loop(backend, fused_calls):
+    from reptile_np import sine_demo
+    sine_demo.train_sine("reptile", meta_iters=3, inner_iters=2, inner_batch=10, lr=0.02,
+                         meta_step=0.1, meta_step_final=0.0, seed=0)
+    assert len(fused_calls) == 3
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
