@@ -211,54 +211,67 @@ def maxpool2d_backward(dy, argmax, x_shape, size, stride, pad):
 def batchnorm2d_forward(x, gamma, beta, eps):
     """Batch normalisation with the batch's own statistics, per channel.
 
+    For each channel c, over its M = N*H*W values::
+
+        mean = (1/M) sum x,   var = (1/M) sum (x - mean)^2   (biased, as TensorFlow)
+        x_hat = (x - mean) / sqrt(var + eps),   y = gamma * x_hat + beta
+
     Args:
         x: (N, C, H, W) input. gamma, beta: (C,) scale and shift. eps: added to the variance.
 
     Returns:
-        y: (N, C, H, W), ``gamma * x_hat + beta``;
-        x_hat: (N, C, H, W), ``(x - mean) * inv_std`` (kept for the backward pass);
-        inv_std: (C,), ``1 / sqrt(var + eps)``, with the biased variance over (N, H, W).
+        y: (N, C, H, W); x_hat: (N, C, H, W), kept for the backward pass;
+        inv_std: (C,), ``1 / sqrt(var + eps)``, kept too.
 
     Raises:
         ValueError: see `checks.batchnorm2d_forward`.
     """
     checks.batchnorm2d_forward(x, gamma, beta, eps)
-    count = x.shape[0] * x.shape[2] * x.shape[3]
-    # einsum sums a channel in a third of the time of x.sum(axis=(0, 2, 3)).
-    mean = np.einsum("nchw->c", x) / count
-    x_hat = x - mean[None, :, None, None]
-    var = np.einsum("nchw,nchw->c", x_hat, x_hat) / count
-    inv_std = 1.0 / np.sqrt(var + x.dtype.type(eps))
-    x_hat *= inv_std[None, :, None, None]
-    y = x_hat * gamma[None, :, None, None]
-    y += beta[None, :, None, None]
-    return y, x_hat, inv_std
+    axes = (0, 2, 3)                                    # everything but the channel
+    mean = x.mean(axis=axes, keepdims=True)             # (1, C, 1, 1)
+    var = ((x - mean) ** 2).mean(axis=axes, keepdims=True)
+    inv_std = 1 / np.sqrt(var + x.dtype.type(eps))
+    x_hat = (x - mean) * inv_std
+    y = _per_channel(gamma) * x_hat + _per_channel(beta)
+    return y, x_hat, inv_std.reshape(-1)
 
 
 def batchnorm2d_backward(dy, x_hat, inv_std, gamma):
-    """Gradients of `batchnorm2d_forward`, with M = N*H*W values per channel.
+    """Gradients of `batchnorm2d_forward`, per channel over its M = N*H*W values.
+
+    Derivation, in three stages (s = inv_std, means over the M values)::
+
+        y = gamma * x_hat + beta     =>  dbeta = sum dy,  dgamma = sum dy * x_hat,
+                                         dx_hat = gamma * dy
+        x_hat = (x - mean) * s, where mean and s depend on every x of the channel:
+            d mean / dx = 1/M,  d s / dx = -s^3 (x - mean) / M = -s^2 x_hat / M
+        =>  dx = s * (dx_hat - mean(dx_hat) - x_hat * mean(dx_hat * x_hat))
+
+    (the last two terms are what flows back through the mean and through the variance).
 
     Args:
         dy: (N, C, H, W) upstream gradient. x_hat, inv_std: from the forward pass.
         gamma: (C,) scale.
 
     Returns:
-        dx: (N, C, H, W), ``gamma * inv_std * (dy - dbeta / M - x_hat * dgamma / M)``
-        (the mean and the variance depend on every x of the channel);
-        dgamma: (C,), ``sum dy * x_hat``; dbeta: (C,), ``sum dy``.
+        dx: (N, C, H, W); dgamma: (C,); dbeta: (C,).
 
     Raises:
         ValueError: see `checks.batchnorm2d_backward`.
     """
     checks.batchnorm2d_backward(dy, x_hat, inv_std, gamma)
-    count = dy.shape[0] * dy.shape[2] * dy.shape[3]
-    dgamma = np.einsum("nchw,nchw->c", dy, x_hat)
-    dbeta = np.einsum("nchw->c", dy)
-    dx = x_hat * (-dgamma / count)[None, :, None, None]
-    dx += dy
-    dx -= (dbeta / count)[None, :, None, None]
-    dx *= (gamma * inv_std)[None, :, None, None]
+    axes = (0, 2, 3)
+    dbeta = dy.sum(axis=axes)
+    dgamma = (dy * x_hat).sum(axis=axes)
+    dx_hat = _per_channel(gamma) * dy
+    dx = _per_channel(inv_std) * (dx_hat - dx_hat.mean(axis=axes, keepdims=True)
+                                  - x_hat * (dx_hat * x_hat).mean(axis=axes, keepdims=True))
     return dx, dgamma, dbeta
+
+
+def _per_channel(values):
+    """A (C,) vector as (1, C, 1, 1), to broadcast over (N, C, H, W)."""
+    return values[None, :, None, None]
 
 
 def relu_forward(x):
