@@ -1,4 +1,4 @@
-"""Few-shot evaluation exactly as the paper's code (REFERENCE a.5).
+"""Few-shot evaluation exactly as the paper's code (paper notes §1.5).
 
 For each evaluation task: sample N classes with K+1 examples each; the first example
 of every class is its query, the other N*K are the support set. Adapt with

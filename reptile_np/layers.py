@@ -180,7 +180,7 @@ class Conv2d(Layer):
 
     ``padding`` is an int (symmetric, as PyTorch), a (top, bottom, left, right) tuple,
     or ``"same"`` with TensorFlow's semantics: output size ceil(in / stride) and the
-    odd padding cell at the bottom/right (REFERENCE b: 28 -> 14 pads (0, 1)).
+    odd padding cell at the bottom/right (paper notes §2: 28 -> 14 pads (0, 1)).
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, init="glorot"):

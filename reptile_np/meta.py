@@ -1,6 +1,6 @@
 """First-order meta-learning: the inner loop and the outer updates, in plain sight.
 
-One meta-iteration of batched Reptile (paper Algorithm 2, REFERENCE a.1)::
+One meta-iteration of batched Reptile (paper Algorithm 2, paper notes §1.1)::
 
     phis = []
     for x, y in tasks:                                  # B tasks, one after another
@@ -118,7 +118,7 @@ def meta_step_size(iteration, meta_iters, initial, final):
 def task_batches(y, inner_batch, inner_iters, rng, replacement=False, tail_shots=None):
     """The inner loop's mini-batches for one task.
 
-    With ``tail_shots`` (FOMAML's "separate tail", REFERENCE a.3): the first
+    With ``tail_shots`` (FOMAML's "separate tail", paper notes §1.3): the first
     ``tail_shots`` examples of every label are set aside; ``inner_iters - 1`` batches are
     drawn from the rest, and the last batch is exactly the set-aside examples.
 

@@ -2,7 +2,7 @@
 
 ``optimizer.step(params, grad)`` updates ``params`` in place. The state (Adam's
 second moment ``v``, first moment ``m`` and step counter ``t``) is explicit, so the
-two policies of REFERENCE a.1 are one line each in the training loop:
+two policies of paper notes §1.1 are one line each in the training loop:
 
 * **persistent** (the paper's code): one optimiser, one state, carried through every
   inner step of every task of the whole run; an evaluation task starts from a
@@ -67,7 +67,7 @@ class SGD:
 
 
 class Adam:
-    """Adam in TensorFlow 1's form, as the paper's inner optimiser (REFERENCE a.2).
+    """Adam in TensorFlow 1's form, as the paper's inner optimiser (paper notes §1.2).
 
     With step counter t (starting at 1)::
 

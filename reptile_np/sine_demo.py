@@ -1,6 +1,6 @@
 """The sine-wave demo: meta-train on random sine waves, then adapt to new ones in 32 steps.
 
-The defaults are those of the OpenAI blog's demo (REFERENCE f): a tanh MLP
+The defaults are those of the OpenAI blog's demo (paper notes §6): a tanh MLP
 1-64-64-1; each meta-iteration one task, one pass over its 50 grid points in 5 SGD
 steps of 10 points (lr 0.02, mean squared error); the outer step size 0.1 annealed
 linearly to 0 over 30,000 iterations.

@@ -1,4 +1,4 @@
-"""Meta-training on few-shot classification, as the paper's ``train.py`` (REFERENCE a.1).
+"""Meta-training on few-shot classification, as the paper's ``train.py`` (paper notes §1.1).
 
 Every meta-iteration ``i`` draws its randomness from ``iteration_rng(seed, i)``, so a
 run is reproducible, any iteration can be replayed, and resuming from a checkpoint
@@ -21,7 +21,7 @@ from .progress import Progress
 
 @dataclasses.dataclass
 class TrainConfig:
-    """The paper code's hyper-parameters, with its defaults (REFERENCE d.1).
+    """The paper code's hyper-parameters, with its defaults (paper notes §4.1).
 
     Field names follow supervised-reptile's keyword arguments; the command-line flags
     are the same with dashes (``--inner-batch`` is ``inner_batch_size``, ...).

@@ -213,7 +213,7 @@ def test_maxpool_ties_go_to_first_maximum_in_row_major_order(backend):
 
 @pytest.mark.parametrize("size, expected", [(28, (0, 1)), (14, (0, 1)), (7, (1, 1)), (4, (0, 1))])
 def test_tf_same_padding_of_the_omniglot_convolutions(size, expected):
-    # REFERENCE b: 3x3 stride 2, 28 -> 14 -> 7 -> 4 -> 2, extra cell at the bottom/right.
+    # paper notes §2: 3x3 stride 2, 28 -> 14 -> 7 -> 4 -> 2, extra cell at the bottom/right.
     assert same_padding(size, 3, 2) == expected
     layer = Conv2d(1, 1, 3, stride=2, padding="same")
     assert layer.pad(size, size) == expected + expected

@@ -1,4 +1,4 @@
-"""Meta-learning updates against REFERENCE a (algorithms) and g (theory identities).
+"""Meta-learning updates against docs/paper-notes.md §1 (algorithms) and §7 (theory identities).
 
 Everything here is float64 on tiny networks, so identities that hold exactly in real
 arithmetic are checked to a rounding bound derived from the magnitudes involved
@@ -42,7 +42,7 @@ def classification_task(generator, shots, classes=3):
 
 
 def sgd_trajectory(model, theta, x, y, batches, lr, reduction="sum"):
-    """phi_1 = theta, g_i = L_i'(phi_i), phi_{i+1} = phi_i - lr g_i (REFERENCE g).
+    """phi_1 = theta, g_i = L_i'(phi_i), phi_{i+1} = phi_i - lr g_i (paper notes §7).
 
     Returns (phi_{k+1}, [g_1, ..., g_k]).
     """
@@ -63,7 +63,7 @@ def rel_error(actual, expected):
 
 
 # --------------------------------------------------------------------------------------
-# Mini-batches (REFERENCE a.4)
+# Mini-batches (paper notes §1.4)
 
 @pytest.mark.parametrize("num_samples, batch_size, num_batches",
                          [(50, 10, 5), (200, 20, 10)])
@@ -98,7 +98,7 @@ def test_minibatches_straddle_two_epochs():
 
 @pytest.mark.parametrize("k", [1, 2, 4])
 def test_minibatches_gradient_combination_settings(k):
-    """25k samples, b = 25, k batches (REFERENCE d.3): k disjoint batches, one epoch."""
+    """25k samples, b = 25, k batches (paper notes §4.3): k disjoint batches, one epoch."""
     batches = meta.minibatches(25 * k, 25, k, make_rng(k))
     np.testing.assert_array_equal(np.sort(np.concatenate(batches)), np.arange(25 * k))
     # 25 samples, b = 25, k batches: every batch is a whole pass over the 25.
@@ -157,7 +157,7 @@ def test_task_batches_separate_tail():
 
 
 # --------------------------------------------------------------------------------------
-# The meta step size schedule (REFERENCE a.1)
+# The meta step size schedule (paper notes §1.1)
 
 def test_meta_step_size_schedule():
     M = 8
@@ -173,7 +173,7 @@ def test_meta_step_size_schedule():
 
 
 # --------------------------------------------------------------------------------------
-# Outer updates: interpolation, Adam state, identities with SGD (REFERENCE a.1, a.3, g)
+# Outer updates: interpolation, Adam state, identities with SGD (paper notes §1.1, §1.3, §7)
 
 def _reproduce_reptile_phis(model, theta, tasks, optimizer, seed, inner_batch, inner_iters,
                             replacement=False, reset=False, reduction="sum"):
@@ -215,7 +215,7 @@ def test_reptile_epsilon_one_is_mean_of_phis_and_zero_is_identity(replacement):
 
 
 def test_adam_state_flows_across_tasks_and_iterations():
-    """One persistent Adam state: t counts every inner step of every task (REFERENCE a.1)."""
+    """One persistent Adam state: t counts every inner step of every task (paper notes §1.1)."""
     model = models.sine_mlp(hidden=(8, 8))
     generator = make_rng(2)
     theta = model.init(generator, np.float64)
@@ -270,7 +270,7 @@ def _rounding_bound(theta, phis, operations):
 
 @pytest.mark.parametrize("k", [1, 2, 4])
 def test_reptile_outer_delta_with_sgd_is_sum_of_inner_gradients(k):
-    """θ_new − θ = −ε α mean_j Σ_i g_ij (REFERENCE g), the g_i taken along each trajectory."""
+    """θ_new − θ = −ε α mean_j Σ_i g_ij (paper notes §7), the g_i taken along each trajectory."""
     B, lr, epsilon = 3, 0.05, 0.7
     model, theta, tasks = _classification_setup(k, B, seed=k)
     new = meta.reptile_step(model, theta, tasks, optim.SGD(lr), make_rng(10), 6, k, epsilon)
@@ -285,7 +285,7 @@ def test_reptile_outer_delta_with_sgd_is_sum_of_inner_gradients(k):
 
 @pytest.mark.parametrize("k", [1, 2, 4])
 def test_fomaml_outer_delta_with_sgd_is_last_gradient(k):
-    """θ_new − θ = −ε α mean_j g_kj (the last step's change, REFERENCE a.3)."""
+    """θ_new − θ = −ε α mean_j g_kj (the last step's change, paper notes §1.3)."""
     B, lr, epsilon = 3, 0.05, 0.7
     model, theta, tasks = _classification_setup(k, B, seed=20 + k)
     new = meta.fomaml_step(model, theta, tasks, optim.SGD(lr), make_rng(11), 6, k, epsilon)
@@ -313,7 +313,7 @@ def test_combination_step_with_sgd_is_weighted_sum_of_inner_gradients():
 
 
 def test_reptile_k1_is_a_joint_training_sgd_step():
-    """k = 1: θ_new = θ − ε α mean_j ∇L_j(θ) (REFERENCE f, g; issue #20)."""
+    """k = 1: θ_new = θ − ε α mean_j ∇L_j(θ) (paper notes §6, §7; supervised-reptile issue #20)."""
     model = models.sine_mlp(hidden=(8, 8))
     generator = make_rng(40)
     theta = model.init(generator, np.float64)
@@ -385,7 +385,7 @@ def test_maml_step_uses_exact_meta_gradients():
 
 
 # --------------------------------------------------------------------------------------
-# Weight decay (REFERENCE a.1: multiply all parameters by r before every inner step)
+# Weight decay (paper notes §1.1: multiply all parameters by r before every inner step)
 
 def test_weight_decay_multiplies_before_each_step():
     model = models.sine_mlp(hidden=(8, 8))
@@ -417,7 +417,7 @@ def test_weight_decay_multiplies_before_each_step():
 
 
 # --------------------------------------------------------------------------------------
-# Theory (REFERENCE g): the quadratic fixture
+# Theory (paper notes §7): the quadratic fixture
 
 A1 = np.array([[2.0, 0.5], [0.5, 1.0]])
 B1 = np.array([0.3, -0.1])
@@ -428,7 +428,7 @@ ALPHA = 0.01
 
 
 def test_quadratic_fixture_numbers():
-    """L_i(φ) = ½ φᵀA_iφ + b_iᵀφ, k = 2: the numbers listed in REFERENCE g."""
+    """L_i(φ) = ½ φᵀA_iφ + b_iᵀφ, k = 2: the numbers listed in paper notes §7."""
     grad1 = lambda phi: A1 @ phi + B1
     grad2 = lambda phi: A2 @ phi + B2
     gbar1, gbar2 = grad1(PHI1), grad2(PHI1)
@@ -504,7 +504,7 @@ def test_quadratic_fixture_through_the_model():
 
 
 # --------------------------------------------------------------------------------------
-# Theory (REFERENCE g): second-order tools on a small non-quadratic network
+# Theory (paper notes §7): second-order tools on a small non-quadratic network
 
 def _sine_setup(hidden, n, seed):
     model = models.sine_mlp(hidden=hidden)
@@ -564,7 +564,7 @@ def test_hessian_vector_product_matches_full_finite_difference_hessian(which):
 
 
 def test_gradient_inner_product_derivative():
-    """∂(ḡ1·ḡ2)/∂φ = H̄1ḡ2 + H̄2ḡ1 (REFERENCE g), against central differences."""
+    """∂(ḡ1·ḡ2)/∂φ = H̄1ḡ2 + H̄2ḡ1 (paper notes §7), against central differences."""
     model, phi, (x, y) = _sine_setup((4,), 10, 110)
     b1, b2 = np.arange(5), np.arange(5, 10)
 
@@ -584,7 +584,7 @@ def test_gradient_inner_product_derivative():
 
 
 def test_first_order_expansions_have_second_order_residuals():
-    """k = 2 on a tanh MLP: |exact − first-order formula| shrinks ~4x when α halves (REFERENCE g)."""
+    """k = 2 on a tanh MLP: |exact − first-order formula| shrinks ~4x when α halves (paper notes §7)."""
     model, theta, (x, y) = _sine_setup((8, 8), 10, 120)
     b1, b2 = np.arange(5), np.arange(5, 10)
     gbar1, gbar2 = grad_at(model, theta, x, y, b1), grad_at(model, theta, x, y, b2)
@@ -611,7 +611,7 @@ def test_first_order_expansions_have_second_order_residuals():
 
 
 # --------------------------------------------------------------------------------------
-# Learning: Reptile beats random init and joint training on sine tasks (REFERENCE f)
+# Learning: Reptile beats random init and joint training on sine tasks (paper notes §6)
 
 def _train_sine(model, theta, inner_iters, meta_iters, seed):
     generator, sgd = make_rng(seed), optim.SGD(0.02)

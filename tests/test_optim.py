@@ -1,4 +1,4 @@
-"""Inner optimisers: SGD and TF1-form Adam (REFERENCE a.2), their state and its policies (a.1)."""
+"""Inner optimisers: SGD and TF1-form Adam (paper notes §1.2), their state and its policies (§1.1)."""
 import math
 
 import numpy as np
@@ -12,7 +12,7 @@ G2 = (-0.05, 0.4, 0.0)  # a zero entry: its update comes from m and v alone
 
 
 def adam_by_hand(params, grads, lr, beta1, beta2, eps):
-    """TF1's Adam written out one scalar at a time, step by step (REFERENCE a.2).
+    """TF1's Adam written out one scalar at a time, step by step (paper notes §1.2).
 
     t = 1, 2, ...:  lr_t = lr * sqrt(1 - beta2^t) / (1 - beta1^t)
                     m <- beta1 m + (1 - beta1) g;  v <- beta2 v + (1 - beta2) g^2

@@ -184,7 +184,7 @@ def test_whole_reptile_meta_step_matches_torch(numpy_backend, inner_optimizer):
     theirs = torch_reptile_step(model, theta, tasks, batches, epsilon, lr, inner_optimizer)
     # Conv biases before BatchNorm have an exact gradient of 0; Adam divides the rounding
     # noise by its own tiny second moment, so their (~1e-11) steps are noise on both sides
-    # and are compared apart, by absolute size (REFERENCE a.2).
+    # and are compared apart, by absolute size (paper notes §1.2).
     zero = set(zero_gradient_tensors(model))
     ours_sd, theirs_sd = model.state_dict(ours - theta), model.state_dict(theirs - theta)
     smooth = [name for name in ours_sd if name not in zero]

@@ -1,7 +1,7 @@
 """Few-shot splits in memory, N-way K-shot task sampling, and helpers the loaders share.
 
 A split is a `ClassImages`: one uint8 array indexed by (class, sample), so sampling a task
-is two integer-array lookups. Sampling follows supervised-reptile exactly (REFERENCE a.4):
+is two integer-array lookups. Sampling follows supervised-reptile exactly (paper notes §1.4):
 permute all classes and take the first N, label j is the j-th class chosen, and each class
 contributes K distinct samples (a permutation of its samples, first K).
 """
@@ -59,7 +59,7 @@ class ClassImages:
 
 
 def sample_task(split, num_classes, num_shots, rng, dtype=np.float32):
-    """Sample one N-way K-shot task from a split (REFERENCE a.4).
+    """Sample one N-way K-shot task from a split (paper notes §1.4).
 
     Args:
         split: The `ClassImages` to sample from.
@@ -100,7 +100,7 @@ def sample_task(split, num_classes, num_shots, rng, dtype=np.float32):
 
 
 def split_eval_task(x, y, num_classes):
-    """Split a task sampled with K+1 shots into training examples and queries (REFERENCE a.5).
+    """Split a task sampled with K+1 shots into training examples and queries (paper notes §1.5).
 
     The query set holds the first example of each label, in label order; the training set
     holds the remaining N*K examples in their original order.
