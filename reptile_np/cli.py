@@ -452,18 +452,9 @@ def run_train(args):
 def _evaluate_and_write(args, model, theta, optimizer, splits, config, run_info, iteration,
                         results_path):
     """The final evaluation on every split: print the table, write the results file."""
-    from .evaluate import evaluate
-    from .progress import Progress
-    results = {}
-    for index, (name, split) in enumerate(splits.items()):
-        progress = Progress(args.eval_samples, f"evaluating {name}", sys.stderr, interval=5.0)
-        accuracy, ci, _ = evaluate(model, theta, optimizer, split, config.num_classes,
-                                   config.num_shots, config.eval_batch_size, config.eval_iters,
-                                   args.eval_samples, np.random.default_rng([config.seed, 2, index]),
-                                   config.transductive, config.replacement,
-                                   weight_decay=config.weight_decay, progress=progress,
-                                   workers=args.eval_workers)
-        results[name] = {"accuracy": accuracy, "ci95": ci, "tasks": args.eval_samples}
+    from .evaluate import evaluate_splits
+    results = evaluate_splits(model, theta, optimizer, splits, config, args.eval_samples,
+                              args.eval_workers, sys.stderr)
     mode = "transductive" if config.transductive else "non-transductive"
     print(f"\n{config.num_classes}-way {config.num_shots}-shot, {mode}, "
           f"{args.eval_samples} tasks per split:")

@@ -13,25 +13,20 @@ snapshot of the inner optimiser's state (thrown away afterwards), then predict:
 BatchNorm always uses batch statistics, which is why the two protocols differ.
 
 The tasks are independent (each starts from theta and the same optimiser state), so
-`evaluate` can adapt to them in several processes (``workers``). The tasks and their
-mini-batches are still drawn in this process, in the serial order, and every worker
-runs single-threaded kernels, so the accuracies are identical for any number of workers.
-"""
-import collections
-import concurrent.futures
-import contextlib
-import multiprocessing
-import os
+`evaluate` can adapt to them in several processes (``workers``, see `reptile_np.workers`).
+The tasks and their mini-batches are still drawn in this process, in the serial order,
+and every worker runs single-threaded kernels, so the accuracies are identical for any
+number of workers.
 
+The result is the mean accuracy over tasks with a 95% confidence interval
+(`mean_confidence_interval`).
+"""
 import numpy as np
 
-from . import checks, kernels
-from .data.tasks import mean_confidence_interval, sample_task, split_eval_task
+from . import checks
+from .data.tasks import sample_task, split_eval_task
 from .meta import inner_loop, minibatches
-
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                    "NUMBA_NUM_THREADS")
-"""Thread counts a worker process reads when its libraries load; each worker gets 1."""
+from .workers import map_in_processes
 
 
 def predict_queries(model, phi, train_x, query_x, transductive):
@@ -106,13 +101,42 @@ def evaluate(model, theta, optimizer, split, num_classes, num_shots, eval_batch,
     if workers == 1:
         counts = (adapt_and_count(model, theta, optimizer, task, batches, *settings)
                   for task, batches in tasks)
-        accuracies = _collect(counts, num_tasks, num_classes, progress)
     else:
-        with _worker_pool(workers, model, theta, optimizer, settings) as pool:
-            counts = _in_order(pool, tasks, in_flight=4 * workers)
-            accuracies = _collect(counts, num_tasks, num_classes, progress)
+        counts = map_in_processes(_count_task, tasks, workers, (model, theta, optimizer, settings))
+    accuracies = _collect(counts, num_tasks, num_classes, progress)
     mean, half_width = mean_confidence_interval(accuracies)
     return mean, half_width, accuracies
+
+
+def evaluate_splits(model, theta, optimizer, splits, config, num_tasks, workers=1,
+                    progress_stream=None):
+    """A run's final evaluation, on every split, as the paper's code reports it.
+
+    Args:
+        splits: ``{"train": ClassImages, "test": ..., ...}``.
+        config: the run's `reptile_np.train.TrainConfig` (classes, shots, the evaluation
+            batches and iterations, the protocol, the seed).
+        num_tasks: tasks per split (the paper: 10,000).
+        workers: as `evaluate`.
+        progress_stream: where to show each split's progress line (None: nowhere).
+
+    Returns:
+        ``{split name: {"accuracy": ..., "ci95": ..., "tasks": num_tasks}}``. Split number
+        i draws its tasks from ``default_rng([config.seed, 2, i])``, so every split and run
+        is reproducible on its own.
+    """
+    from .progress import Progress
+    results = {}
+    for index, (name, split) in enumerate(splits.items()):
+        progress = Progress(num_tasks, f"evaluating {name}", progress_stream, interval=5.0)
+        accuracy, ci, _ = evaluate(model, theta, optimizer, split, config.num_classes,
+                                   config.num_shots, config.eval_batch_size, config.eval_iters,
+                                   num_tasks, np.random.default_rng([config.seed, 2, index]),
+                                   config.transductive, config.replacement,
+                                   weight_decay=config.weight_decay, progress=progress,
+                                   workers=workers)
+        results[name] = {"accuracy": accuracy, "ci95": ci, "tasks": num_tasks}
+    return results
 
 
 def _check_adaptation(model, theta, num_classes, eval_batch, eval_iters, rng):
@@ -148,59 +172,29 @@ def _collect(counts, num_tasks, num_classes, progress):
     return accuracies
 
 
-def _in_order(pool, tasks, in_flight):
-    """The workers' counts for ``tasks``, in task order. At most ``in_flight`` tasks wait in
-    the pool: the next ones are drawn while the workers adapt, not all at once (10,000
-    Omniglot tasks would take 800 MB)."""
-    pending = collections.deque()
-    for task in tasks:
-        pending.append(pool.submit(_count_in_worker, task))
-        if len(pending) == in_flight:
-            yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
-
-
-@contextlib.contextmanager
-def _worker_pool(workers, model, theta, optimizer, settings):
-    """``workers`` fresh processes holding the model, theta, the optimiser (its state as
-    of now) and the kernel backend. They start with one thread each: a worker per core,
-    and no thread pools fighting over the cores."""
-    # "spawn", not "fork": a forked child would keep this process's BLAS threads setting.
-    # Workers start as tasks arrive and read the environment then.
-    with _environment({name: "1" for name in THREAD_VARIABLES}), \
-            concurrent.futures.ProcessPoolExecutor(
-                workers, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_start_worker,
-                initargs=(model, theta, optimizer, settings, kernels.get_backend())) as pool:
-        yield pool
-
-
-@contextlib.contextmanager
-def _environment(values):
-    """Set environment variables, restoring the previous values on exit."""
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
-_WORKER = {}
-"""What `_start_worker` hands to `_count_in_worker`, in a worker process."""
-
-
-def _start_worker(model, theta, optimizer, settings, backend):
-    kernels.set_backend(backend)
-    _WORKER.update(model=model, theta=theta, optimizer=optimizer, settings=settings)
-
-
-def _count_in_worker(task_and_batches):
+def _count_task(context, task_and_batches):
+    """`adapt_and_count` in a worker process: ``context`` is (model, theta, optimizer, settings)."""
+    model, theta, optimizer, settings = context
     task, batches = task_and_batches
-    return adapt_and_count(_WORKER["model"], _WORKER["theta"], _WORKER["optimizer"], task,
-                           batches, *_WORKER["settings"])
+    return adapt_and_count(model, theta, optimizer, task, batches, *settings)
+
+
+def mean_confidence_interval(values, z=1.96):
+    """Mean and 95% confidence half-width of per-task results, such as accuracies.
+
+    The half-width is z * std / sqrt(n) with the population standard deviation (ddof=0),
+    the convention of the few-shot literature (MAML, Prototypical Networks).
+
+    Args:
+        values: One number per evaluated task, e.g. correct / num_queries.
+        z: Normal quantile of the interval; 1.96 gives 95%.
+
+    Returns:
+        A tuple (mean, half_width) of floats.
+    """
+    values = np.asarray(values, dtype=np.float64).ravel()
+    if values.size == 0 or not np.all(np.isfinite(values)):
+        raise ValueError(
+            "values: expected a non-empty sequence of finite numbers, got "
+            f"{values.size} values{'' if np.all(np.isfinite(values)) else ' with NaN or inf'}.")
+    return float(values.mean()), float(z * values.std() / np.sqrt(values.size))

@@ -15,7 +15,7 @@ import numpy as np
 
 from . import fused, meta
 from .data.sine import GRID_POINTS, sample_sine_task, sine_grid, sine_task, sine_values
-from .data.tasks import mean_confidence_interval
+from .evaluate import mean_confidence_interval
 from .models import sine_mlp
 from .optim import SGD
 from .progress import Progress

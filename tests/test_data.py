@@ -16,8 +16,7 @@ from reptile_np.data import omniglot
 from reptile_np.data.miniimagenet import load_miniimagenet
 from reptile_np.data.omniglot import decode_omniglot, load_characters, load_omniglot
 from reptile_np.data.synthetic import load_synthetic, make_synthetic
-from reptile_np.data.tasks import (PILLOW_MISSING, ClassImages, mean_confidence_interval,
-                                   sample_task, split_eval_task)
+from reptile_np.data.tasks import PILLOW_MISSING, ClassImages, sample_task, split_eval_task
 from reptile_np.errors import DataError
 
 from conftest import OMNIGLOT_DIR, SHARED_DATA
@@ -142,15 +141,6 @@ def test_split_eval_task_needs_two_examples_per_label():
         split_eval_task(np.zeros(6), np.array([0, 0, 1, 1, 2, 1]), 3)
     with pytest.raises(ValueError, match="^num_classes: expected an integer from 1 to 3"):
         split_eval_task(np.zeros(6), np.array([0, 0, 1, 1, 2, 2]), 4)
-
-
-def test_mean_confidence_interval():
-    values = [0.2, 0.4, 0.4, 1.0]
-    mean, half = mean_confidence_interval(values)
-    assert mean == pytest.approx(0.5)
-    assert half == pytest.approx(1.96 * np.std(values) / 2)
-    with pytest.raises(ValueError, match="^values:"):
-        mean_confidence_interval([])
 
 
 # ---------------------------------------------------------------------------- Omniglot

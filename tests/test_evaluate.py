@@ -1,4 +1,5 @@
-"""Few-shot evaluation in worker processes gives exactly the serial accuracies."""
+"""Few-shot evaluation (`reptile_np.evaluate`): the protocol, its confidence interval, and
+worker processes (`reptile_np.workers`) that give exactly the serial accuracies."""
 import concurrent.futures
 import os
 
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 
 from reptile_np import evaluate as evaluation
-from reptile_np import optim
+from reptile_np import optim, workers as worker_processes
 from reptile_np.data.synthetic import load_synthetic
 from reptile_np.layers import BatchNorm2d, Conv2d, Flatten, Linear, ReLU
 from reptile_np.models import Sequential
@@ -60,7 +61,7 @@ def test_workers_leave_the_thread_settings_of_this_process_alone(monkeypatch):
 
 
 def test_workers_see_one_thread_each():
-    with evaluation._worker_pool(2, None, None, None, None) as pool:
+    with worker_processes.worker_pool(2, None) as pool:
         seen = list(pool.map(os.getenv, ["OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"]))
     assert seen == ["1", "1"]
 
@@ -76,16 +77,44 @@ class _RecordingPool:
     """Runs each submitted call at once and counts the calls."""
     submitted = 0
 
-    def submit(self, function, argument):
+    def submit(self, call, function, item):
         self.submitted += 1
         future = concurrent.futures.Future()
-        future.set_result(argument)
+        future.set_result(function(None, item))
         return future
 
 
 def test_in_order_keeps_the_task_order_and_bounds_the_waiting_tasks():
     pool = _RecordingPool()
-    for done, value in enumerate(evaluation._in_order(pool, iter(range(10)), in_flight=3)):
+    results = worker_processes._in_order(pool, _second, iter(range(10)), in_flight=3)
+    for done, value in enumerate(results):
         assert value == done and pool.submitted - done <= 3
     assert pool.submitted == 10
-    assert list(evaluation._in_order(_RecordingPool(), iter([]), in_flight=3)) == []
+    assert list(worker_processes._in_order(_RecordingPool(), _second, iter([]), 3)) == []
+
+
+def _second(context, item):
+    return item
+
+
+def test_mean_confidence_interval():
+    mean_confidence_interval = evaluation.mean_confidence_interval
+    values = [0.2, 0.4, 0.4, 1.0]
+    mean, half = mean_confidence_interval(values)
+    assert mean == pytest.approx(0.5)
+    assert half == pytest.approx(1.96 * np.std(values) / 2)
+    with pytest.raises(ValueError, match="^values:"):
+        mean_confidence_interval([])
+
+
+def test_evaluate_splits_draws_each_split_from_its_own_seed():
+    from reptile_np.train import TrainConfig
+    split, model, theta, optimizer = _problem()
+    config = TrainConfig(num_classes=5, num_shots=3, eval_batch_size=5, eval_iters=5, seed=4)
+    results = evaluation.evaluate_splits(model, theta, optimizer, {"a": split, "b": split},
+                                         config, 12)
+    for index, name in enumerate("ab"):
+        accuracy, ci, _ = evaluation.evaluate(model, theta, optimizer, split, 5, 3, 5, 5, 12,
+                                              np.random.default_rng([4, 2, index]))
+        assert results[name] == {"accuracy": accuracy, "ci95": ci, "tasks": 12}
+    assert results["a"] != results["b"]   # the same data, another task stream

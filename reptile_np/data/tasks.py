@@ -130,27 +130,6 @@ def split_eval_task(x, y, num_classes):
     return x[train], y[train], x[query], y[query]
 
 
-def mean_confidence_interval(values, z=1.96):
-    """Mean and 95% confidence half-width of per-task results, such as accuracies.
-
-    The half-width is z * std / sqrt(n) with the population standard deviation (ddof=0),
-    the convention of the few-shot literature (MAML, Prototypical Networks).
-
-    Args:
-        values: One number per evaluated task, e.g. correct / num_queries.
-        z: Normal quantile of the interval; 1.96 gives 95%.
-
-    Returns:
-        A tuple (mean, half_width) of floats.
-    """
-    values = np.asarray(values, dtype=np.float64).ravel()
-    if values.size == 0 or not np.all(np.isfinite(values)):
-        raise ValueError(
-            "values: expected a non-empty sequence of finite numbers, got "
-            f"{values.size} values{'' if np.all(np.isfinite(values)) else ' with NaN or inf'}.")
-    return float(values.mean()), float(z * values.std() / np.sqrt(values.size))
-
-
 def require_pillow():
     """Import Pillow on demand, since it is an optional extra.
 
