@@ -5,6 +5,7 @@ for the missing frameworks, and writes JSON lines with the expected keys (not ti
 and that the PyTorch and JAX twins, where installed, make the update ours makes in their
 first timed unit (same weights, same batches).
 """
+import importlib
 import json
 import os
 import subprocess
@@ -74,17 +75,16 @@ def _timing(framework, round_index, seconds):
     return {"framework": framework, "round": round_index, "s_per_unit": {"median": seconds}}
 
 
-def _bench_module(name):
-    """A module of bench/ (which imports its siblings by their plain names)."""
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        return __import__(name)
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
+@pytest.fixture
+def bench(monkeypatch):
+    """``bench("run")`` imports a module of bench/, which imports its siblings by their
+    plain names, also inside functions: bench/ stays on the path for the test."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    return importlib.import_module
 
 
-def test_rounds_keep_the_median_round_and_the_ratio_of_each_round():
-    run = _bench_module("run")
+def test_rounds_keep_the_median_round_and_the_ratio_of_each_round(bench):
+    run = bench("run")
     ours = [_timing("numba", 1, 0.060), _timing("numba", 2, 0.100), _timing("numba", 3, 0.050)]
     theirs = [_timing("torch", 1, 0.120), _timing("torch", 2, 0.100), _timing("torch", 3, 0.110)]
     assert run.median_round(ours)["round"] == 1                  # 0.050 < 0.060 < 0.100
@@ -95,8 +95,8 @@ def test_rounds_keep_the_median_round_and_the_ratio_of_each_round():
         ("numba", "torch"): 0.110 / 0.060}
 
 
-def _first_unit_parity(framework, workload_name):
-    worker, workloads = _bench_module("worker"), _bench_module("workloads")
+def _first_unit_parity(bench, framework, workload_name):
+    worker, workloads = bench("worker"), bench("workloads")
     workload = workloads.WORKLOADS[workload_name]
     data = workloads.make_data(workload, seed=0)
     state_dict = workloads.initial_state_dict(workload, seed=0)
@@ -107,9 +107,9 @@ def _first_unit_parity(framework, workload_name):
 
 
 @pytest.mark.parametrize("framework, module", [("torch", "torch"), ("jax", "jax")])
-def test_a_twins_first_unit_makes_our_update(numpy_backend, framework, module):
+def test_a_twins_first_unit_makes_our_update(bench, numpy_backend, framework, module):
     # Sine: serial Reptile, 5 SGD steps, no BatchNorm; the twin must have drawn the very
     # batches ours drew (compiling the JAX program must not consume them).
     pytest.importorskip(module)
-    worker, parity = _first_unit_parity(framework, "sine")
+    worker, parity = _first_unit_parity(bench, framework, "sine")
     assert parity["update_rel_err"] <= worker.PARITY_UPDATE_RTOL["sgd"] and parity["ok"], parity
