@@ -10,7 +10,9 @@
 * Adam in TF1's form (as ours, beta1 = 0) or SGD; the state is carried across tasks.
 * One meta-iteration is one compiled call: the tasks and their inner steps unrolled,
   then the interpolation. The mini-batch indices are drawn on the host with our
-  ``meta.minibatches`` (same batches as ours) and passed in as an array.
+  ``meta.minibatches`` from a generator seeded as `ours.Runner`'s, task after task, and
+  passed in as an array: the n-th timed unit sees the batches of ours' n-th unit. The
+  example arguments that compilation needs draw from a separate generator.
 
 Compilation (lower + compile) is timed and reported apart from the timed stage.
 """
@@ -165,21 +167,28 @@ class Runner:
             phi, opt_state = adapt(theta, opt_state, x, y, batch_idx)
             return jnp.argmax(FORWARD[workload.model](phi, x_query), axis=1), opt_state
 
+        # Compiling needs example arguments of the right shapes only. Their batch indices
+        # come from a generator of their own, so that `self.rng` draws, unit after unit,
+        # exactly the batches `ours.Runner` draws.
+        example_rng = np.random.default_rng(seed + 1)
         start = time.perf_counter()
         if workload.name == "eval":
             args = (self.params, self.opt_state, self.eval_x, self.eval_y,
-                    self._batches(1)[0], self.x_query)
+                    self._batches(1, example_rng)[0], self.x_query)
             self.compiled = jax.jit(eval_task).lower(*args).compile()
         else:
             args = (self.params, self.opt_state, self.pool_x, self.pool_y,
-                    self._task_ids(), self._batches(workload.meta_batch))
+                    self._task_ids(), self._batches(workload.meta_batch, example_rng))
             self.compiled = jax.jit(meta_iteration).lower(*args).compile()
         self.compile_s = time.perf_counter() - start
 
-    def _batches(self, num_tasks):
+    def _batches(self, num_tasks, rng=None):
+        """Batch indices (num_tasks, inner_iters, inner_batch), drawn with ``rng`` (default:
+        the runner's own generator, which the timed units use)."""
         w = self.workload
+        rng = self.rng if rng is None else rng
         return np.stack([np.stack(minibatches(w.samples_per_task, w.inner_batch, w.inner_iters,
-                                              self.rng)) for _ in range(num_tasks)]).astype(np.int32)
+                                              rng)) for _ in range(num_tasks)]).astype(np.int32)
 
     def _task_ids(self):
         w = self.workload
@@ -187,12 +196,20 @@ class Runner:
             return np.array([self.count % w.task_pool], dtype=np.int32)
         return np.arange(w.meta_batch, dtype=np.int32)
 
+    def _flat(self, tree):
+        """A parameter dict as one NumPy vector in our layout (state_dict order, OIHW)."""
+        arrays = [np.asarray(tree[k]) for k in self.names]
+        arrays = [a.transpose(3, 2, 0, 1) if a.ndim == 4 else a for a in arrays]
+        return np.concatenate([a.ravel() for a in arrays])
+
     def loss_and_grad(self, x, y):
-        """Loss and flat gradient (state_dict order, OIHW conv weights) at the current weights."""
+        """Loss and flat gradient (our layout) at the current weights."""
         loss, grads = self.value_and_grad(self.params, jnp.asarray(to_nhwc(x)), jnp.asarray(y))
-        flat = [np.asarray(grads[k]) for k in self.names]
-        flat = [g.transpose(3, 2, 0, 1) if g.ndim == 4 else g for g in flat]
-        return float(loss), np.concatenate([g.ravel() for g in flat])
+        return float(loss), self._flat(grads)
+
+    def flat_theta(self):
+        """A copy of theta, flat in our layout."""
+        return self._flat(self.params)
 
     def unit(self):
         """One meta-iteration, or one evaluation task (adapt, then predict the query)."""

@@ -67,7 +67,7 @@ def time_steps(model, theta, x, y, repeats):
 
 def layer_times(model, theta, x, y, repeats):
     """Fastest forward and backward time of every layer (µs), over ``repeats`` steps."""
-    params = model._layer_params(theta)
+    params = model.layer_params(theta)
     forward = np.full(len(model.layers), np.inf)
     backward = np.full(len(model.layers), np.inf)
     for _ in range(repeats):

@@ -45,6 +45,10 @@ class Runner:
         loss, grad = self.model.loss_and_grad(self.theta, x, y, self.workload.reduction)
         return float(loss), grad
 
+    def flat_theta(self):
+        """A copy of theta, flat in our layout."""
+        return self.theta.copy()
+
     def unit(self):
         """One meta-iteration, or one evaluation task (adapt, then predict the query)."""
         w = self.workload

@@ -129,6 +129,10 @@ class Runner:
         self.net.zero_grad(set_to_none=True)
         return float(loss.detach()), grad
 
+    def flat_theta(self):
+        """A copy of theta, flat in our layout (state_dict order, logical NCHW order)."""
+        return torch.cat([t.reshape(-1) for t in self.theta]).numpy().copy()
+
     def _adapt(self, x, y):
         """Load theta into the parameters and take one optimiser step per mini-batch."""
         w = self.workload

@@ -33,6 +33,13 @@ FRAMEWORKS = ("numba", "numpy", "torch", "torch-tuned", "jax")
 INSTALL = {"torch": "pip install torch   (the 'torch' extra: pip install -e '.[torch]')",
            "jax": "pip install jax jaxlib   (the 'jax' extra: pip install -e '.[jax]')"}
 PARITY_LOSS_RTOL, PARITY_GRAD_RTOL = 1e-4, 1e-3
+# The first unit's update, |delta - delta_ours| / |delta_ours| (2-norms), by inner optimiser.
+# SGD workloads agree to rounding (~1e-5 measured). Adam with beta1 = 0 divides each entry's
+# gradient by its own running root mean square, so an entry whose gradient is within rounding
+# of 0 (or whose max-pool winner is a near-tie) steps +-lr with a sign set by rounding; correct
+# implementations were measured 0.000003 to 0.095 apart after one Omniglot or Mini-ImageNet
+# meta-iteration (25 and 40 Adam steps), a twin drawing other batches about 1.
+PARITY_UPDATE_RTOL = {"sgd": 1e-4, "adam": 0.2}
 
 
 def emit(record):
@@ -89,25 +96,68 @@ def first_batch(workload, data, seed):
     return x[index], y[index]
 
 
-def reference_loss_and_grad(workload, data, state_dict, seed):
-    """Our NumPy backend's loss and gradient on the first batch, at the initial weights."""
+def reference(workload, data, state_dict, seed):
+    """Our NumPy backend's first-batch loss and gradient at the initial weights, and for a
+    meta-iteration workload also theta before and after the first unit.
+
+    Runs before the measured runner is built: that runner sets the kernel backend it uses.
+    """
     import ours
     ref = ours.Runner(workload, data, state_dict, "numpy", seed)
-    return ref.loss_and_grad(*first_batch(workload, data, seed))
+    loss, grad = ref.loss_and_grad(*first_batch(workload, data, seed))
+    result = {"loss": loss, "grad": grad}
+    if workload.unit == "meta-iteration":
+        result["theta_before"] = ref.flat_theta()
+        ref.unit()
+        result["theta_after"] = ref.flat_theta()
+    return result
 
 
-def parity(runner, reference, workload, data, seed):
-    """Compare the runner's first-step loss and gradient with our NumPy reference."""
-    loss_ref, grad_ref = reference
+def relative_error(value, ref):
+    """``max |value - ref| / max |ref|``, over whole vectors."""
+    return float(np.max(np.abs(value - ref)) / max(np.max(np.abs(ref)), 1e-30))
+
+
+def first_step_parity(runner, ref, workload, data, seed):
+    """The runner's first-batch loss and gradient against our NumPy reference."""
     loss, grad = runner.loss_and_grad(*first_batch(workload, data, seed))
-    loss_rel = abs(loss - loss_ref) / max(abs(loss_ref), 1e-30)
-    grad_rel = float(np.max(np.abs(grad - grad_ref)) / max(np.max(np.abs(grad_ref)), 1e-30))
-    return {"loss": loss, "loss_ours": loss_ref, "loss_rel_err": loss_rel,
+    loss_rel = abs(loss - ref["loss"]) / max(abs(ref["loss"]), 1e-30)
+    grad_rel = relative_error(grad, ref["grad"])
+    return {"loss": loss, "loss_ours": ref["loss"], "loss_rel_err": loss_rel,
             "grad_max_rel_err": grad_rel,
             "ok": bool(loss_rel <= PARITY_LOSS_RTOL and grad_rel <= PARITY_GRAD_RTOL)}
 
 
-def measure(unit, warmup_s, repeats, min_repeat_s, budget_s, min_repeats):
+def smooth_entries(workload):
+    """Mask of theta's entries outside the conv biases that precede BatchNorm.
+
+    Those biases have an exact gradient of zero; in float32 it is rounding noise, which
+    Adam divides by the root of its own tiny second moment, so each framework moves them
+    by its own noise (paper notes section 1.2). The update of every other entry is
+    determined by the shared weights and batches.
+    """
+    from reptile_np.gradcheck import zero_gradient_tensors
+    model = workloads.build_model(workload)
+    zero = set(zero_gradient_tensors(model))
+    mask = np.ones(model.num_params, dtype=bool)
+    for name, start, stop in zip(model.layout.names, model.layout.offsets[:-1],
+                                 model.layout.offsets[1:]):
+        mask[start:stop] = name not in zero
+    return mask
+
+
+def unit_parity(theta_after, ref, workload):
+    """Theta after the runner's first unit against ours, compared as the update it made:
+    ``|delta - delta_ours| / |delta_ours|`` (2-norms) with delta = theta after - theta
+    before, over `smooth_entries`; ok within ``PARITY_UPDATE_RTOL[workload.optimizer]``."""
+    mask = smooth_entries(workload)
+    update = (theta_after - ref["theta_before"])[mask]
+    update_ours = (ref["theta_after"] - ref["theta_before"])[mask]
+    error = float(np.linalg.norm(update - update_ours) / max(np.linalg.norm(update_ours), 1e-30))
+    return {"update_rel_err": error, "ok": bool(error <= PARITY_UPDATE_RTOL[workload.optimizer])}
+
+
+def measure(unit, warmup_s, repeats, min_repeat_s, budget_s, min_repeats, after_first=None):
     """Burn-in, then timed repeats, nanoGPT style.
 
     The burn-in is the first call (which includes any JIT compilation) plus more calls
@@ -115,13 +165,17 @@ def measure(unit, warmup_s, repeats, min_repeat_s, budget_s, min_repeats):
     ``min_repeat_s``; the number of repeats is cut to fit ``budget_s`` but never below
     ``min_repeats``.
 
+    Args:
+        after_first: called (untimed) right after the first unit; its value is returned.
+
     Returns:
-        dict with first_call_s, burn_in_s, burn_in_units, units_per_repeat and
-        samples (seconds per unit, one per repeat).
+        dict with first_call_s, burn_in_s, burn_in_units, units_per_repeat,
+        samples (seconds per unit, one per repeat) and after_first.
     """
     start = time.perf_counter()
     unit()
     first = time.perf_counter() - start
+    after = after_first() if after_first else None
     last, count = first, 1
     while time.perf_counter() - start < warmup_s and count < 100:
         t = time.perf_counter()
@@ -137,7 +191,7 @@ def measure(unit, warmup_s, repeats, min_repeat_s, budget_s, min_repeats):
             unit()
         samples.append((time.perf_counter() - t) / per_repeat)
     return {"first_call_s": first, "burn_in_s": burn_in, "burn_in_units": count,
-            "units_per_repeat": per_repeat, "samples": samples}
+            "units_per_repeat": per_repeat, "samples": samples, "after_first": after}
 
 
 def summary(samples):
@@ -160,18 +214,20 @@ def cmd_time(args):
     workload = workloads.WORKLOADS[args.workload]
     data = workloads.make_data(workload, args.seed)
     state_dict = workloads.initial_state_dict(workload, args.seed)
-    reference = None
-    if args.framework != "numpy":
-        reference = reference_loss_and_grad(workload, data, state_dict, args.seed)
+    ref = reference(workload, data, state_dict, args.seed) if args.framework != "numpy" else None
     runner = make_runner(args.framework, workload, data, state_dict, args.seed)
-    check = parity(runner, reference, workload, data, args.seed) if reference else None
+    check = first_step_parity(runner, ref, workload, data, args.seed) if ref else None
     quick = args.quick
     m = measure(runner.unit, warmup_s=0.3 if quick else 2.0,
                 repeats=args.repeats or (3 if quick else 7),
                 min_repeat_s=0.1 if quick else 0.5,
                 budget_s=args.budget or (3.0 if quick else 40.0),
-                min_repeats=2 if quick else 3)
-    samples = m.pop("samples")
+                min_repeats=2 if quick else 3, after_first=runner.flat_theta)
+    samples, theta_after = m.pop("samples"), m.pop("after_first")
+    if check and "theta_after" in ref:
+        unit_check = unit_parity(theta_after, ref, workload)
+        check.update(update_rel_err=unit_check["update_rel_err"],
+                     ok=check["ok"] and unit_check["ok"])
     stats = summary(samples)
     flops = workloads.flops_per_unit(workload)
     emit({"kind": "result", "workload": workload.name, "framework": args.framework,

@@ -45,6 +45,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import models
+from .data import sine
 from .layers import BatchNorm2d, Conv2d, MaxPool2d, ReLU
 
 H = 1e-5
@@ -216,6 +217,90 @@ def _kink_pattern(layer, cache):
     return None
 
 
+class _PiecewiseLoss:
+    """A model's loss at whatever ``theta`` holds now, re-run from one layer on.
+
+    The layers read their parameters through ``model.layer_params(theta)``, views into
+    ``theta``: an entry that `numerical_gradient` perturbs in place is what the next
+    evaluation sees. Every layer's input at the unperturbed ``theta`` is stored, so an
+    entry of layer ``k`` re-runs layers ``k, k + 1, ...`` only. ``left_piece`` turns True
+    when an evaluation's ReLU masks or max-pool winners differ from the unperturbed ones.
+    """
+
+    def __init__(self, model, theta, x, y, reduction):
+        self.layers, self.params = model.layers, model.layer_params(theta)
+        self.loss_fn, self.y, self.reduction = models.LOSSES[model.loss_name], y, reduction
+        self.inputs, self.base_kinks = [np.asarray(x, dtype=np.float64)], []
+        for layer, params in zip(self.layers, self.params):
+            out, cache = layer.forward(params, self.inputs[-1])
+            self.inputs.append(out)
+            self.base_kinks.append(_kink_pattern(layer, cache))
+        self.left_piece = False
+
+    def loss_from(self, start):
+        """The loss, running the layers from ``start`` on; updates ``left_piece``."""
+        out = self.inputs[start]
+        for layer, params, base in zip(self.layers[start:], self.params[start:],
+                                       self.base_kinks[start:]):
+            out, cache = layer.forward(params, out)
+            if base is not None and not np.array_equal(_kink_pattern(layer, cache), base):
+                self.left_piece = True
+        return float(self.loss_fn(out, self.y, self.reduction)[0])
+
+
+def _tensors(model):
+    """``(name, shape, owning layer, start, stop)`` of every tensor of theta, in layout order.
+
+    A `Sequential` lays out its layers' tensors layer after layer, each layer's in the
+    order of ``layer.param_shapes``, which is also the order of `Sequential.layer_params`.
+    """
+    owners = [k for k, layer in enumerate(model.layers) for _ in layer.param_shapes]
+    layout = model.layout
+    return list(zip(layout.names, layout.shapes, owners, layout.offsets[:-1], layout.offsets[1:]))
+
+
+def _kink_free_derivative(piecewise, theta, index, owner, h):
+    """Centred difference at ``theta[index]``, the step cut by 10 while it crosses a kink.
+
+    Returns:
+        ``(derivative, refinements)``; derivative None when even h / 100 crosses a kink
+        (the entry sits on one and has no derivative).
+    """
+    for refinements, step in enumerate((h, h / 10, h / 100)):
+        piecewise.left_piece = False
+        value = numerical_gradient(lambda _: piecewise.loss_from(owner), theta, [index], step)[0]
+        if not piecewise.left_piece:
+            return value, refinements
+    return None, refinements
+
+
+def _tensor_row(name, shape, analytic, results, threshold, zero_atol=None):
+    """The `GradcheckRow` of one tensor.
+
+    Args:
+        analytic: the analytic gradient at the checked entries.
+        results: `_kink_free_derivative`'s ``(derivative, refinements)`` for each entry.
+        threshold: largest relative error that passes.
+        zero_atol: for a zero-gradient tensor, the largest absolute error that passes.
+    """
+    kept = np.array([value is not None for value, _ in results], dtype=bool)
+    numerical = np.array([value for value, _ in results if value is not None])
+    analytic = analytic[kept]
+    notes = []
+    if zero_atol is None:
+        row = _relative_row(name, shape, analytic, numerical, threshold)
+    else:
+        error = float(np.max(np.abs(analytic - numerical), initial=0.0))
+        row = GradcheckRow(name, shape, int(kept.sum()), error, zero_atol, bool(error <= zero_atol))
+        notes.append(ZERO_GRAD_NOTE)
+    refined = sum(1 for value, r in results if value is not None and r > 0)
+    if refined:
+        notes.append(f"{refined} re-stepped with smaller h (kink within h)")
+    if not kept.all():
+        notes.append(f"{int((~kept).sum())} on a kink, skipped")
+    return row._replace(note="; ".join(notes))
+
+
 def check_model(model, theta, x, y, rng, max_entries=40, h=H, threshold=MODEL_THRESHOLD,
                 reduction="sum"):
     """Check every parameter gradient of a model against finite differences.
@@ -229,11 +314,11 @@ def check_model(model, theta, x, y, rng, max_entries=40, h=H, threshold=MODEL_TH
     A network with ReLU or max-pooling is only piecewise smooth, and with
     thousands of activations a step of h = 1e-5 does cross a kink now and then;
     the centred difference across a kink is wrong by O(1) for that activation.
-    So every evaluation also records the ReLU masks and max-pool winners: if
-    ``theta_i + h`` or ``theta_i - h`` lands on another linear piece than ``theta_i``, the entry
-    is re-stepped with h / 10 (twice at most), and if even h / 100 crosses a kink
-    the entry sits on one, has no derivative, and is left out. Rows say when
-    either happened.
+    So every evaluation also compares the ReLU masks and max-pool winners with
+    those at ``theta``: if ``theta_i + h`` or ``theta_i - h`` lands on another linear
+    piece, the entry is re-stepped with h / 10 (twice at most), and if even h / 100
+    crosses a kink the entry sits on one, has no derivative, and is left out. Rows
+    say when either happened.
 
     Args:
         model: a `reptile_np.models.Sequential`.
@@ -251,75 +336,17 @@ def check_model(model, theta, x, y, rng, max_entries=40, h=H, threshold=MODEL_TH
         error ``<= ZERO_GRAD_ATOL * max(1, |loss|)`` and carry a note saying so.
     """
     _require_float64(theta, "theta")
-    theta = theta.copy()
-    loss0, grad = model.loss_and_grad(theta, x, y, reduction)  # also validates x and y
-    x = np.asarray(x, dtype=np.float64)
-    loss_fn = models.LOSSES[model.loss_name]
-
-    views = dict(zip(model.layout.names, model.layout.views(theta)))
-    layer_params = [tuple(views[f"{i}.{p}"] for p in layer.param_shapes)
-                    for i, layer in enumerate(model.layers)]
-
-    # At the unperturbed theta: inputs[k] is what layer k sees, base_pattern[k] its kinks.
-    inputs, base_pattern = [x], []
-    for layer, params in zip(model.layers, layer_params):
-        out, cache = layer.forward(params, inputs[-1])
-        inputs.append(out)
-        base_pattern.append(_kink_pattern(layer, cache))
-
-    def evaluate(start):
-        """Loss, and the kink pattern of every layer from ``start`` on."""
-        out, pattern = inputs[start], []
-        for layer, params in zip(model.layers[start:], layer_params[start:]):
-            out, cache = layer.forward(params, out)
-            pattern.append(_kink_pattern(layer, cache))
-        return float(loss_fn(out, y, reduction)[0]), pattern
-
-    def same_piece(pattern, start):
-        return all(a is None or np.array_equal(a, b)
-                   for a, b in zip(pattern, base_pattern[start:]))
-
-    def derivative(index, start):
-        """Centred difference at theta[index], refined while the step crosses a kink.
-        Returns (value or None if the entry sits on a kink, number of refinements)."""
-        patterns = []
-
-        def loss(_):  # numerical_gradient perturbs theta, which layer_params view
-            value, pattern = evaluate(start)
-            patterns.append(pattern)
-            return value
-
-        for refinements, step in enumerate((h, h / 10, h / 100)):
-            patterns.clear()
-            value = numerical_gradient(loss, theta, [index], step)[0]
-            if all(same_piece(pattern, start) for pattern in patterns):
-                return value, refinements
-        return None, refinements
-
+    theta = theta.copy()        # perturbed in place below, restored entry by entry
+    loss, grad = model.loss_and_grad(theta, x, y, reduction)  # also validates x and y
+    piecewise = _PiecewiseLoss(model, theta, x, y, reduction)
     zero = set(zero_gradient_tensors(model))
-    atol = ZERO_GRAD_ATOL * max(1.0, abs(float(loss0)))
+    zero_atol = ZERO_GRAD_ATOL * max(1.0, abs(float(loss)))
     rows = []
-    for name, offset, stop, shape in zip(model.layout.names, model.layout.offsets[:-1],
-                                         model.layout.offsets[1:], model.layout.shapes):
-        owner = int(name.split(".")[0])  # Sequential names tensors "<layer index>.<param>"
-        chosen = offset + _sample_indices(stop - offset, max_entries, rng)
-        results = [derivative(index, owner) for index in chosen]
-        kept = np.array([value is not None for value, _ in results], dtype=bool)
-        numerical = np.array([value for value, _ in results if value is not None])
-        analytic = grad[chosen[kept]]
-        notes = []
-        if name in zero:
-            error = float(np.max(np.abs(analytic - numerical), initial=0.0))
-            row = GradcheckRow(name, shape, int(kept.sum()), error, atol, bool(error <= atol))
-            notes.append(ZERO_GRAD_NOTE)
-        else:
-            row = _relative_row(name, shape, analytic, numerical, threshold)
-        refined = sum(1 for value, r in results if value is not None and r > 0)
-        if refined:
-            notes.append(f"{refined} re-stepped with smaller h (kink within h)")
-        if not kept.all():
-            notes.append(f"{int((~kept).sum())} on a kink, skipped")
-        rows.append(row._replace(note="; ".join(notes)))
+    for name, shape, owner, start, stop in _tensors(model):
+        chosen = start + _sample_indices(stop - start, max_entries, rng)
+        results = [_kink_free_derivative(piecewise, theta, index, owner, h) for index in chosen]
+        rows.append(_tensor_row(name, shape, grad[chosen], results, threshold,
+                                zero_atol if name in zero else None))
     return rows
 
 
@@ -341,17 +368,18 @@ def example_batch(model, rng, num_examples, dtype=np.float64):
     """A small random batch for one of the paper's networks.
 
     Classifiers: images uniform in [0, 1) with labels ``0, 1, ..., K-1, 0, 1, ...``
-    (e.g. 10 examples of 5 classes = 5-way 2-shot). Regression (the sine MLP):
-    x uniform on [-5, 5], targets ``a sin(x + b)`` with a ~ U[0.1, 5], b ~ U[0, pi].
+    (e.g. 10 examples of 5 classes = 5-way 2-shot). Regression (the sine MLP): one
+    task of `reptile_np.data.sine` (``a sin(x + b)``, a ~ U[0.1, 5), b ~ U[0, 2 pi),
+    paper notes section 6), observed at ``num_examples`` inputs drawn uniformly from
+    the range of its grid, [-5, 5).
 
     Returns:
         ``(x, y)``: x of ``dtype``; y int64 labels, or targets of ``dtype``.
     """
     shape = (num_examples,) + model.input_shape
     if model.loss_name == "mse":
-        x = rng.uniform(-5.0, 5.0, size=shape)
-        amplitude, phase = rng.uniform(0.1, 5.0), rng.uniform(0.0, np.pi)
-        return x.astype(dtype), (amplitude * np.sin(x + phase)).astype(dtype)
+        x = rng.uniform(*sine.X_RANGE, size=shape)
+        return x.astype(dtype), sine.sine_values(x, *sine.sample_sine_task(rng)).astype(dtype)
     labels = np.arange(num_examples, dtype=np.int64) % model.output_shape[0]
     return rng.random(shape).astype(dtype), labels
 

@@ -111,8 +111,21 @@ class Sequential:
         """
         return self.layout.flatten(state_dict, dtype)
 
-    def _layer_params(self, theta):
-        """Each layer's parameters as a tuple of views into ``theta``."""
+    def layer_params(self, theta):
+        """The per-layer parameter views of ``theta``, in the layers' order.
+
+        Args:
+            theta: a flat parameter vector of this model's layout.
+
+        Returns:
+            A list with one entry per layer: a tuple of that layer's tensors (in the
+            order of ``layer.param_shapes``; empty for a layer without parameters),
+            each a view into ``theta``, so writing to a view writes to ``theta``.
+
+        Raises:
+            ValueError: ``theta`` is not a float32/float64 vector of `num_params` entries.
+        """
+        self.layout.check(theta)
         return [tuple([theta[start:stop].reshape(shape) for start, stop, shape in spans])
                 for spans in self._spans]
 
@@ -152,7 +165,7 @@ class Sequential:
     def forward(self, theta, x):
         """Network output (logits or regression values) for a batch ``x`` of shape (N, *input_shape)."""
         out = self._check_x(theta, x)
-        for layer, params in zip(self.layers, self._layer_params(theta)):
+        for layer, params in zip(self.layers, self.layer_params(theta)):
             out, _ = layer.forward(params, out)
         return out
 
@@ -174,7 +187,7 @@ class Sequential:
         """
         out = self._check_x(theta, x)
         y = self._check_y(theta, out, y)
-        layer_params = self._layer_params(theta)
+        layer_params = self.layer_params(theta)
         caches = []
         for layer, params in zip(self.layers, layer_params):
             out, cache = layer.forward(params, out)

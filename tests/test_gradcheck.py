@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from reptile_np import golden, gradcheck, interop, models
+from reptile_np.data import sine
 from reptile_np.gradcheck import (ZERO_GRAD_NOTE, check_layer, check_model, format_table,
                                   numerical_gradient, rel_error, run_gradcheck)
 from reptile_np.layers import BatchNorm2d, Conv2d, Flatten, Linear, ReLU, Tanh
@@ -138,6 +139,22 @@ def test_kinks_within_h_are_re_stepped_or_skipped(rng):
     rows = check_model(model, theta, x, y, rng)
     assert all(row.passed for row in rows), format_table(rows)
     assert "1 on a kink, skipped" in rows[0].note and rows[0].checked == 0
+
+
+def test_the_sine_example_is_a_task_of_the_sine_data_module():
+    # y = a sin(x + b) = (a cos b) sin x + (a sin b) cos x: recover (a, b) by least squares.
+    model, tasks = models.sine_mlp(), []
+    for seed in range(200):
+        x, y = gradcheck.example_batch(model, np.random.default_rng(seed), 10)
+        assert x.shape == y.shape == (10, 1) and np.all(np.abs(x) <= 5.0)
+        (c, s), *_ = np.linalg.lstsq(np.hstack([np.sin(x), np.cos(x)]), y[:, 0], rcond=None)
+        np.testing.assert_allclose(y[:, 0], c * np.sin(x[:, 0]) + s * np.cos(x[:, 0]), atol=1e-12)
+        tasks.append((np.hypot(c, s), np.arctan2(s, c) % (2 * np.pi)))
+    amplitudes, phases = np.array(tasks).T
+    low, high = sine.AMPLITUDE_RANGE
+    assert np.all((amplitudes >= low) & (amplitudes < high))
+    # Phases fill [0, 2 pi) as the data module draws them: about half lie above pi.
+    assert 0.35 < np.mean(phases > np.pi) < 0.65
 
 
 # ---------------------------------------------------------------- golden files

@@ -248,7 +248,7 @@ def test_the_first_layer_skips_its_input_gradient(backend, monkeypatch):
                      ((4, 64, 14, 14), False)]
 
     first = model.layers[0]
-    params = model._layer_params(theta)[0]
+    params = model.layer_params(theta)[0]
     out, cache = first.forward(params, x)
     dy = rng.standard_normal(out.shape)
     dx, dparams = first.backward(params, cache, dy, input_grad=False)
