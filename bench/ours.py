@@ -7,11 +7,12 @@
 
 The kernel backend ("numba" or "numpy") is chosen with `reptile_np.kernels.set_backend`;
 `Runner.backend` is the one actually in use (Numba falls back to NumPy when the fast
-kernels cannot be imported).
+kernels cannot be imported). A small MLP under SGD (the sine workload) runs its inner
+loop with `reptile_np.fused.mlp_sgd_inner_loop`, as the sine demo does.
 """
 import numpy as np
 
-from reptile_np import kernels, meta, optim
+from reptile_np import fused, kernels, meta, optim
 
 import workloads
 
@@ -36,6 +37,8 @@ class Runner:
             self.opt = optim.Adam(self.model.num_params, lr=workload.lr, beta1=0.0)
         else:
             self.opt = optim.SGD(workload.lr)
+        fusable = self.model.mlp_structure() is not None and workload.optimizer == "sgd"
+        self.inner_loop = fused.mlp_sgd_inner_loop if fusable else meta.inner_loop
         self.rng = np.random.default_rng(seed)
         self.count = 0
         self.compile_s = None   # Numba compiles inside the first call; see the startup probe
@@ -55,7 +58,7 @@ class Runner:
         if w.name == "eval":
             x, y = self.data["tasks"][0]
             batches = meta.minibatches(len(y), w.inner_batch, w.inner_iters, self.rng)
-            phi = meta.inner_loop(self.model, self.theta, x, y, batches, self.opt, w.reduction)
+            phi = self.inner_loop(self.model, self.theta, x, y, batches, self.opt, w.reduction)
             return self.model.predict(phi, self.data["x_query"])
         tasks = self.data["tasks"]
         if w.task_pool:     # serial Reptile: the next task of the pool
@@ -63,7 +66,8 @@ class Runner:
         self.count += 1
         self.theta = meta.reptile_step(self.model, self.theta, tasks, self.opt, self.rng,
                                        inner_batch=w.inner_batch, inner_iters=w.inner_iters,
-                                       epsilon=w.epsilon, reduction=w.reduction)
+                                       epsilon=w.epsilon, reduction=w.reduction,
+                                       inner_loop=self.inner_loop)
         return self.theta
 
     def describe(self):
