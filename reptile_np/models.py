@@ -233,8 +233,8 @@ class Sequential:
         out = self._check_x(theta, x)
         y = self._check_y(theta, out, y)
         self.layout.check(vector, "vector")
-        layer_params = self._layer_params(theta)
-        layer_directions = self._layer_params(vector.astype(theta.dtype, copy=False))
+        layer_params = self.layer_params(theta)
+        layer_directions = self.layer_params(vector.astype(theta.dtype, copy=False))
         r_out, caches = None, []   # R{x} = 0: the batch does not move with theta
         for layer, params, r_params in zip(self.layers, layer_params, layer_directions):
             out, r_out, cache = layer.forward_r(params, r_params, out, r_out)
@@ -262,7 +262,7 @@ class Sequential:
         """
         out = self._check_x(theta, x)
         patterns = {}
-        for index, (layer, params) in enumerate(zip(self.layers, self._layer_params(theta))):
+        for index, (layer, params) in enumerate(zip(self.layers, self.layer_params(theta))):
             out, cache = layer.forward(params, out)
             pattern = layer.switch_pattern(cache)
             if pattern is not None:
