@@ -62,3 +62,17 @@ def omniglot_cache(tmp_path_factory):
     load_characters(OMNIGLOT_DIR, cache_dir=cache_dir)
     print(f"full Omniglot decode: {time.perf_counter() - start:.2f} s")
     return cache_dir
+
+
+def record_omniglot_decodes(monkeypatch, decoded):
+    """Make the Omniglot decoder return ``decoded`` at once; returns the list of the data
+    directories it is then called with (tests check whether and where loaders decode)."""
+    from reptile_np.data import omniglot
+    calls = []
+
+    def decode(data_dir, *args, **kwargs):
+        calls.append(Path(data_dir))
+        return decoded
+
+    monkeypatch.setattr(omniglot, "decode_omniglot", decode)
+    return calls

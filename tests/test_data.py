@@ -19,7 +19,7 @@ from reptile_np.data.synthetic import load_synthetic, make_synthetic
 from reptile_np.data.tasks import PILLOW_MISSING, ClassImages, sample_task, split_eval_task
 from reptile_np.errors import DataError
 
-from conftest import OMNIGLOT_DIR, SHARED_DATA
+from conftest import OMNIGLOT_DIR, SHARED_DATA, record_omniglot_decodes
 
 
 @pytest.fixture(autouse=True)
@@ -282,14 +282,7 @@ def _counting_decoder(monkeypatch, omniglot_cache):
     the loaders decode, not the decoding itself.
     """
     decoded = omniglot.read_cache(_shared_cache(omniglot_cache), _shared_stamp())
-    calls = []
-
-    def decode(data_dir, *args, **kwargs):
-        calls.append(Path(data_dir))
-        return decoded
-
-    monkeypatch.setattr(omniglot, "decode_omniglot", decode)
-    return calls
+    return record_omniglot_decodes(monkeypatch, decoded)
 
 
 def _shared_stamp():

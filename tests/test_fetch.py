@@ -14,6 +14,8 @@ from reptile_np.data import omniglot
 from reptile_np.data.fetch import (OMNIGLOT_ZIPS, default_data_dir, download,
                                    fetch_omniglot)
 from reptile_np.data.omniglot import load_omniglot
+
+from conftest import record_omniglot_decodes
 from reptile_np.errors import DataError
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -209,14 +211,7 @@ def _shared_decode(imported, imported_cache, monkeypatch):
     """Make the Omniglot decoder return the module's decode at once, recording each call."""
     decoded = omniglot.read_cache(omniglot.cache_file(imported_cache, imported.resolve()),
                                   omniglot.source_fingerprint(imported.resolve()))
-    calls = []
-
-    def decode(data_dir, *args, **kwargs):
-        calls.append(Path(data_dir))
-        return decoded
-
-    monkeypatch.setattr(omniglot, "decode_omniglot", decode)
-    return calls
+    return record_omniglot_decodes(monkeypatch, decoded)
 
 
 def test_fetch_omniglot_over_http(server, shared_zips, imported, imported_cache, tmp_path,
