@@ -26,8 +26,8 @@ def _rejects(match, function, *args, **kwargs):
 
 
 def _classifier():
-    """A 3-way linear classifier on 4 features: no MLP fast path, so the inner loop runs
-    step by step, indexing x and y by the batches."""
+    """A 3-way linear classifier on 4 features (the inner loop indexes x and y by the
+    batches)."""
     model = Sequential([Linear(4, 3)], input_shape=(4,))
     return model, model.init(np.random.default_rng(0), dtype=np.float64)
 
