@@ -1,4 +1,6 @@
-"""Checkpoints: exact round trips, and any damage refused with one ValueError naming the file."""
+"""Checkpoints: exact round trips, and any damage refused with one ValueError naming the file;
+from the command line, a damaged or another model's checkpoint is refused with exit 2 and a
+version 1 one is evaluated with a warning."""
 import errno
 import hashlib
 import io
@@ -12,6 +14,8 @@ import pytest
 from reptile_np import models
 from reptile_np.checkpoint import load_checkpoint, save_checkpoint
 from reptile_np.optim import SGD, Adam
+
+from test_train_cli import SMALL, run_cli
 
 CONFIG = {"seed": 3, "train": {"num_classes": 5}}
 
@@ -327,7 +331,6 @@ def test_unknown_optimizer_state_is_refused_at_save(tmp_path):
 
 
 def test_evaluating_a_version_1_checkpoint_warns_that_it_is_unverified(tmp_path):
-    from test_train_cli import SMALL, run_cli
     run = tmp_path / "run"
     trained = run_cli("train", *SMALL, "--meta-iters", "2", "--eval-samples", "0",
                       "--checkpoint", str(run))
@@ -339,3 +342,19 @@ def test_evaluating_a_version_1_checkpoint_warns_that_it_is_unverified(tmp_path)
     done = run_cli("eval", "--checkpoint", str(run), "--eval-samples", "2")
     assert done.returncode == 0, done.stderr
     assert f"warning: {path} was written by an older reptile-np without checksums" in done.stderr
+
+
+def test_checkpoint_of_another_model_or_damaged_is_refused(tmp_path):
+    first = run_cli("train", *SMALL, "--meta-iters", "3", "--eval-samples", "0",
+                    "--checkpoint", str(tmp_path))
+    assert first.returncode == 0, first.stderr
+    path = tmp_path / "checkpoint.npz"
+    _, state, metadata = load_checkpoint(str(path))
+    model = models.omniglot_cnn(4)  # recorded as 3-way
+    save_checkpoint(str(path), model, model.init(np.random.default_rng(0)), state,
+                    metadata["iteration"], metadata["config"])
+    other = run_cli("eval", "--eval-samples", "1", "--checkpoint", str(tmp_path))
+    assert other.returncode == 2 and "different model" in other.stderr
+    path.write_bytes(path.read_bytes()[:200])
+    damaged = run_cli("eval", "--eval-samples", "1", "--checkpoint", str(tmp_path))
+    assert damaged.returncode == 2 and "damaged" in damaged.stderr

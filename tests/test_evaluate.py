@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 
 from reptile_np import evaluate as evaluation
-from reptile_np import optim, workers as worker_processes
+from reptile_np import models, optim, workers as worker_processes
 from reptile_np.data.synthetic import load_synthetic
+from reptile_np.data.tasks import sample_task, split_eval_task
 from reptile_np.layers import BatchNorm2d, Conv2d, Flatten, Linear, ReLU
+from reptile_np.meta import inner_loop, minibatches
 from reptile_np.models import Sequential
 
 
@@ -34,6 +36,96 @@ def _evaluate(split, model, theta, optimizer, transductive, workers):
     return evaluation.evaluate(model, theta, optimizer, split, 5, 3, 5, 5, 12,
                                np.random.default_rng(3), transductive=transductive,
                                workers=workers)
+
+
+def _task(split, num_shots=3):
+    """A 5-way task of `_problem`'s split with K+1 examples per class, and 4 mini-batches
+    of 5 drawn from its N*K support examples."""
+    rng = np.random.default_rng(5)
+    return sample_task(split, 5, num_shots + 1, rng), minibatches(5 * num_shots, 5, 4, rng)
+
+
+def test_transductive_and_non_transductive_differ_as_batch_statistics_predict():
+    """Non-transductive: each query's prediction comes from the batch support + that query;
+    transductive: from the batch of all queries. With batch-statistics BatchNorm the logits
+    differ, and each protocol equals its definition computed by hand."""
+    rng = np.random.default_rng(0)
+    model = models.omniglot_cnn(5)
+    phi = model.init(rng, np.float64)
+    train_x, query_x = rng.random((10, 1, 28, 28)), rng.random((5, 1, 28, 28))
+    non_transductive = evaluation.predict_queries(model, phi, train_x, query_x,
+                                                  transductive=False)
+    by_hand = [np.argmax(model.forward(phi, np.concatenate([train_x, query_x[q:q + 1]]))[-1])
+               for q in range(5)]
+    np.testing.assert_array_equal(non_transductive, by_hand)
+    np.testing.assert_array_equal(evaluation.predict_queries(model, phi, train_x, query_x, True),
+                                  model.predict(phi, query_x))
+    # The same query gets different logits in the two batches: BN statistics differ.
+    together = model.forward(phi, query_x)[0]
+    with_support = model.forward(phi, np.concatenate([train_x, query_x[:1]]))[-1]
+    assert not np.allclose(together, with_support)
+
+
+
+
+def test_predict_queries_is_one_pass_per_query_or_one_pass_on_all_queries(monkeypatch):
+    """Non-transductive: N passes, pass q on the N*K support examples followed by query q,
+    and only its last prediction kept; transductive: one pass on the N queries."""
+    split, model, theta, optimizer = _problem()
+    task, batches = _task(split)
+    train_x, train_y, query_x, _ = split_eval_task(*task, 5)
+    phi = inner_loop(model, theta, train_x, train_y, batches, optimizer)
+    with_support = [np.concatenate([train_x, query_x[q:q + 1]]) for q in range(5)]
+    non_transductive = [model.predict(phi, batch)[-1] for batch in with_support]
+    transductive = model.predict(phi, query_x)
+    # The protocols disagree on this task, so a mix-up of the two cannot pass.
+    assert not np.array_equal(non_transductive, transductive)
+    passes = []
+    predict = model.predict
+
+    def recording_predict(phi, x):
+        passes.append(x)
+        return predict(phi, x)
+    monkeypatch.setattr(model, "predict", recording_predict)
+    np.testing.assert_array_equal(
+        evaluation.predict_queries(model, phi, train_x, query_x, False), non_transductive)
+    assert len(passes) == 5
+    for seen, batch in zip(passes, with_support):
+        np.testing.assert_array_equal(seen, batch)
+    passes.clear()
+    np.testing.assert_array_equal(
+        evaluation.predict_queries(model, phi, train_x, query_x, True), transductive)
+    assert len(passes) == 1
+    np.testing.assert_array_equal(passes[0], query_x)
+
+
+def test_adapt_and_count_adapts_from_the_given_state_and_restores_it(monkeypatch):
+    """phi is the inner loop on the support set from theta and the optimiser state given;
+    the count is of phi's correct queries; theta and the optimiser are left as they were."""
+    split, model, theta, optimizer = _problem()
+    task, batches = _task(split)
+    theta_before, state_before = theta.copy(), optimizer.snapshot()
+    train_x, train_y, query_x, query_y = split_eval_task(*task, 5)
+    by_hand = _adam(model)
+    by_hand.restore(state_before)
+    phi = inner_loop(model, theta, train_x, train_y, batches, by_hand)
+    # Adapting moves the parameters and the step count, so the checks below can fail.
+    assert not np.array_equal(phi, theta) and by_hand.t == state_before["t"] + len(batches)
+    adapted = []
+    predict_queries = evaluation.predict_queries
+
+    def recording_predict_queries(model, phi, *protocol):
+        adapted.append(phi)
+        return predict_queries(model, phi, *protocol)
+    monkeypatch.setattr(evaluation, "predict_queries", recording_predict_queries)
+    correct = evaluation.adapt_and_count(model, theta, optimizer, task, batches, 5)
+    np.testing.assert_array_equal(adapted[0], phi)
+    assert correct == np.sum(predict_queries(model, phi, train_x, query_x, False) == query_y)
+    np.testing.assert_array_equal(theta, theta_before)
+    after = optimizer.snapshot()
+    assert sorted(after) == sorted(state_before)
+    for key, value in state_before.items():
+        np.testing.assert_array_equal(after[key], value)
 
 
 @pytest.mark.parametrize("transductive", [False, True])
