@@ -5,9 +5,11 @@ ReLU) between Linear layers and squared error on the output: the sine-wave model
 Its parameters are the flat vector of `reptile_np.models.Sequential`: for each
 Linear layer, its weight (out, in) row-major, then its bias (out,).
 
-This is the function to read; `mlp_fast.py` holds its Numba twin with the same
-signature, and `tests/test_mlp_loop.py` holds the two equal. `meta.inner_loop`
-calls them (through `kernels.mlp_sgd_inner_loop`) for such models under plain SGD.
+This twin is the plain loop: every step runs the layers' own ``forward`` and ``backward``
+(`reptile_np.layers.Linear`, `Tanh`, `ReLU`) and the loss, as `meta.inner_loop` does, so
+it gives the same bits. `mlp_fast.py` holds its Numba twin with the same signature, and
+`tests/test_mlp_loop.py` holds the two equal. `reptile_np.fused.mlp_sgd_inner_loop` calls
+them (through `kernels.mlp_sgd_inner_loop`) for such models under plain SGD.
 """
 import numpy as np
 
@@ -26,14 +28,14 @@ def layer_views(flat, widths):
     return views
 
 
-def _activate(z, activation):
-    """tanh(z), or relu(z) = max(z, 0)."""
-    return np.tanh(z) if activation == "tanh" else np.maximum(z, 0)
-
-
-def _activation_slope(a, activation):
-    """The activation's derivative from its output a: 1 - a^2 (tanh), [a > 0] (relu)."""
-    return 1 - a * a if activation == "tanh" else a > 0
+def mlp_layers(widths, activation):
+    """The MLP's layers: Linear, activation, Linear, ..., Linear."""
+    # Imported here: the layers import the kernel package, which imports this module.
+    from ..layers import Linear, ReLU, Tanh
+    layers = []
+    for fan_in, fan_out in zip(widths[:-1], widths[1:]):
+        layers += [Linear(fan_in, fan_out), Tanh() if activation == "tanh" else ReLU()]
+    return layers[:-1]
 
 
 def mlp_sgd_inner_loop(phi, widths, activation, x_batches, y_batches, lr, reduction, weight_decay):
@@ -64,20 +66,21 @@ def mlp_sgd_inner_loop(phi, widths, activation, x_batches, y_batches, lr, reduct
     checks.mlp_sgd_inner_loop(phi, widths, activation, x_batches, y_batches, reduction)
     real = phi.dtype.type
     grad = np.empty_like(phi)
-    params, grads = layer_views(phi, widths), layer_views(grad, widths)
-    last = len(params) - 1
+    layers = mlp_layers(widths, activation)
+    # Linear layers own a (weight, bias) view each, activations none.
+    params = [views for linear in layer_views(phi, widths) for views in (linear, ())][:-1]
+    grads = [views for linear in layer_views(grad, widths) for views in (linear, ())][:-1]
     for x, y in zip(x_batches, y_batches):
         if weight_decay != 1.0:
             phi *= real(weight_decay)
-        activations = [x]                                   # a_0 ... a_L, each (B, width)
-        for index, (weight, bias) in enumerate(params):
-            z = activations[-1] @ weight.T + bias
-            activations.append(z if index == last else _activate(z, activation))
-        _, delta = mean_squared_error(activations[-1], y, reduction)
-        for index in range(last, -1, -1):
-            (weight, _), (dweight, dbias) = params[index], grads[index]
-            dweight[...] = delta.T @ activations[index]
-            dbias[...] = delta.sum(axis=0)
-            if index > 0:
-                delta = (delta @ weight) * _activation_slope(activations[index], activation)
+        out, caches = x, []
+        for layer, layer_params in zip(layers, params):
+            out, cache = layer.forward(layer_params, out)
+            caches.append(cache)
+        _, dout = mean_squared_error(out, y, reduction)
+        for index in range(len(layers) - 1, -1, -1):
+            dout, layer_grads = layers[index].backward(params[index], caches[index], dout,
+                                                       input_grad=index > 0)
+            for destination, value in zip(grads[index], layer_grads):
+                destination[...] = value
         phi -= real(lr) * grad
