@@ -121,7 +121,12 @@ def check_config(config, splits=None):
 
 
 def meta_iteration(model, theta, optimizer, train_split, config, iteration):
-    """One outer step: sample the meta-batch of tasks, adapt to each, update theta."""
+    """One outer step: sample the meta-batch of tasks, adapt to each, update theta.
+
+    Returns:
+        ``(new_theta, epsilon)``: the updated parameters (``theta`` is left as it was) and
+        the outer step size the linear schedule gave this iteration (`meta.meta_step_size`).
+    """
     rng = iteration_rng(config.seed, iteration)
     tasks = [sample_task(train_split, config.num_classes, config.shots_for_training, rng,
                          dtype=theta.dtype) for _ in range(config.meta_batch_size)]
@@ -129,13 +134,17 @@ def meta_iteration(model, theta, optimizer, train_split, config, iteration):
                                   config.meta_step_size_final)
     common = dict(replacement=config.replacement, weight_decay=config.weight_decay)
     if config.step_weights is not None:
-        return meta.combination_step(model, theta, tasks, optimizer, rng, config.inner_batch_size,
-                                     config.inner_iters, epsilon, config.step_weights, **common)
-    if config.foml:
-        return meta.fomaml_step(model, theta, tasks, optimizer, rng, config.inner_batch_size,
-                                config.inner_iters, epsilon, tail_shots=config.foml_tail, **common)
-    return meta.reptile_step(model, theta, tasks, optimizer, rng, config.inner_batch_size,
-                             config.inner_iters, epsilon, **common)
+        new_theta = meta.combination_step(model, theta, tasks, optimizer, rng,
+                                          config.inner_batch_size, config.inner_iters, epsilon,
+                                          config.step_weights, **common)
+    elif config.foml:
+        new_theta = meta.fomaml_step(model, theta, tasks, optimizer, rng, config.inner_batch_size,
+                                     config.inner_iters, epsilon, tail_shots=config.foml_tail,
+                                     **common)
+    else:
+        new_theta = meta.reptile_step(model, theta, tasks, optimizer, rng, config.inner_batch_size,
+                                      config.inner_iters, epsilon, **common)
+    return new_theta, epsilon
 
 
 def quick_accuracy(model, theta, optimizer, split, config, rng):
@@ -154,7 +163,10 @@ def meta_train(model, theta, optimizer, splits, config, start_iteration=0, check
     evaluated (as the paper's code logs them); a running mean of the last 100 of
     each is shown on the progress line and every value goes to ``log_path`` (JSON lines,
     one record per iteration, written as the iteration ends; records after
-    ``start_iteration`` already in the file are dropped first, see `open_log`).
+    ``start_iteration`` already in the file are dropped first, see `open_log`). A record
+    holds ``iteration`` (1-based: the iterations done), ``time``, ``epsilon`` (the outer
+    step size used), ``update_norm`` (the 2-norm of that iteration's change of theta) and,
+    every ``eval_interval`` iterations, ``train_accuracy`` and ``test_accuracy``.
 
     Args:
         splits: ``{"train": ClassImages, "test": ClassImages, ...}``.
@@ -177,12 +189,19 @@ def meta_train(model, theta, optimizer, splits, config, start_iteration=0, check
     log = open_log(log_path, start_iteration) if log_path else None
     try:
         for iteration in range(start_iteration, config.meta_iters):
-            theta = meta_iteration(model, theta, optimizer, splits["train"], config, iteration)
-            if not np.all(np.isfinite(theta)):
+            new_theta, epsilon = meta_iteration(model, theta, optimizer, splits["train"], config,
+                                                iteration)
+            if not np.all(np.isfinite(new_theta)):
                 raise FloatingPointError(
                     f"theta became non-finite at meta-iteration {iteration}; lower "
                     f"--learning-rate or --meta-step (the last checkpoint is kept).")
-            record = {"iteration": iteration + 1, "time": time.time()}
+            # The outer step's length |theta_new - theta_old|_2. Divided by epsilon it is the
+            # length of the mean direction the tasks pulled theta in (phi - theta for
+            # Reptile), so the log tells the schedule's annealing from the tasks' own pull.
+            update_norm = float(np.linalg.norm(new_theta - theta))
+            theta = new_theta
+            record = {"iteration": iteration + 1, "time": time.time(), "epsilon": epsilon,
+                      "update_norm": update_norm}
             if (iteration + 1) % config.eval_interval == 0:
                 rng = iteration_rng(config.seed, iteration, stream=1)
                 for name in ("train", "test"):
