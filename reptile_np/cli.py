@@ -684,6 +684,33 @@ def run_fetch(args):
     return 0
 
 
+# --------------------------------------------------------------------------- plot
+
+def add_plot_parser(subparsers):
+    parser = subparsers.add_parser(
+        "plot", formatter_class=_formatter,
+        help="draw learning curves from train --log files",
+        description="Draw one figure from one or more train --log files: (a) the train and "
+                    "test accuracies on one task each (the paper code's logging metric, noisy), "
+                    "as running means; (b) the outer update norm |theta_new - theta_old|, "
+                    "smoothed the same way, on a log scale. Needs matplotlib (the plot extra).")
+    parser.add_argument("logs", nargs="+", metavar="LOG", help="JSON-lines logs of train --log")
+    parser.add_argument("--out", default="curves.png",
+                        help="image file to write (its suffix picks the format)")
+    parser.add_argument("--smooth", type=_positive_int, default=100,
+                        help="points per running mean (100: the progress line's)")
+    parser.set_defaults(run=run_plot)
+
+
+def run_plot(args):
+    from . import plot
+    _check_output_file(args.out, "--out")
+    logs = dict(zip(plot.log_labels(args.logs), (plot.read_log(path) for path in args.logs)))
+    plot.plot_curves(args.out, logs, args.smooth)
+    print(f"figure written to {args.out}")
+    return 0
+
+
 # --------------------------------------------------------------------------- entry point
 
 def build_parser():
@@ -695,6 +722,7 @@ def build_parser():
     add_sine_parser(subparsers)
     add_train_parsers(subparsers)
     add_tool_parsers(subparsers)
+    add_plot_parser(subparsers)
     return parser
 
 
