@@ -3,8 +3,8 @@
 A log holds one JSON record per meta-iteration (see `reptile_np.train.meta_train`). Every
 ``--eval-interval`` iterations a record carries the accuracy on ONE train task and ONE
 test task: the paper code's logging metric, far too noisy to read raw, so the curves are
-running means of it. Every record of a run since the log gained them also carries the outer
-step's ``update_norm``.
+running means of it. Every record also carries the outer step's ``update_norm`` (logs of
+older versions lack it; they are drawn without it).
 """
 import json
 from pathlib import Path
