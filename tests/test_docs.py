@@ -48,7 +48,7 @@ def run_blocks(name, blocks):
 def test_the_convention_pairs_code_with_its_output():
     text = ("```python\nprint(1)\n```\n\n```text\n1\n```\n"
             "prose\n```python\nx = 2\n```\nprose\n```text\nnot an output\n```\n")
-    assert doc_blocks(text) == [(1, "print(1)\n", "1\n"), (8, "x = 2\n", "")]
+    assert doc_blocks(text) == [(1, "print(1)\n", "1\n"), (9, "x = 2\n", "")]
 
 
 @pytest.mark.parametrize("name", DOCUMENTS)
