@@ -375,6 +375,10 @@ def load_splits(dataset, data_dir, split, seed, image_size=RUN_DEFAULTS["image_s
     if dataset == "synthetic":
         from .data.synthetic import load_synthetic
         return load_synthetic(seed=seed)
+    if dataset == "folder" and not data_dir:
+        # Only the user knows where their own images are; there is no default place.
+        raise CommandError("--dataset folder needs --data-dir DIR, the folder of train/ and "
+                           "test/ (and optionally val/) class folders.")
     data_dir = data_dir or os.path.join(fetch.default_data_dir(), dataset)
     # The loaders check --data-dir before any cache is used, and keep the decoded cache in
     # our own data directory (never in the user's data folder, which may be shared or
