@@ -24,13 +24,20 @@ import numpy as np
 from . import __version__, kernels, threads
 from .runtime import keep_freed_memory
 
-DATASETS = ("omniglot", "miniimagenet", "synthetic")
+DATASETS = ("omniglot", "miniimagenet", "synthetic", "folder")
 
 DATASET_MODELS = {"omniglot": "omniglot", "synthetic": "omniglot", "miniimagenet": "miniimagenet"}
 """The network (a `reptile_np.models.MODELS` name) each data set trains; synthetic glyphs
-are Omniglot-sized."""
+are Omniglot-sized. ``folder`` trains the network of its image shape (`FOLDER_MODELS`)."""
 
-RUN_DEFAULTS = {"dataset": "omniglot", "split": "paper"}
+FOLDER_MODELS = {(1, 28): "omniglot", (3, 84): "miniimagenet"}
+"""The network for each ``(--channels, --image-size)`` of ``--dataset folder``: the
+networks' dense layer sizes follow from the input size, so only these two shapes fit."""
+
+IMAGE_FLAGS = ("image_size", "channels")
+"""The flags that shape the images of ``--dataset folder`` (the other data sets' are fixed)."""
+
+RUN_DEFAULTS = {"dataset": "omniglot", "split": "paper", "image_size": 28, "channels": 1}
 """The training-defining flags stored beside the `TrainConfig` (in the checkpoint's run info)."""
 
 CONFIG_FIELDS = {
@@ -49,7 +56,7 @@ EVALUATION_FLAGS = ("shots", "eval_batch", "eval_iters", "transductive")
 """Training flags that ``eval`` may change: they choose how the checkpoint is evaluated, and
 the model's output size does not depend on them (``--classes`` does)."""
 
-EVAL_CHECKED_FLAGS = ("dataset", "split", "classes", "seed")
+EVAL_CHECKED_FLAGS = ("dataset", "split", "image_size", "channels", "classes", "seed")
 """Training flags ``eval`` accepts only with the checkpoint's value: the data the model must
 not have trained on (the split, and the seed that shuffles the paper split), and the output
 size. ``eval`` takes every other training flag from the checkpoint without asking."""
@@ -315,6 +322,11 @@ def add_run_flags(parser, command):
     _add(ours, "split", RUN_DEFAULTS["split"],
          "Omniglot class split: the paper code's 1200/423 or Vinyals et al.'s", suppress,
          choices=("paper", "vinyals"))
+    _add(ours, "image_size", RUN_DEFAULTS["image_size"],
+         "--dataset folder: resize the images to this many pixels squared (28 or, with "
+         "--channels 3, 84)", suppress, type=_positive_int)
+    _add(ours, "channels", RUN_DEFAULTS["channels"],
+         "--dataset folder: 1 (grayscale) or 3 (RGB)", suppress, type=int, choices=(1, 3))
     if train:
         ours.add_argument("--resume", action="store_true",
                           help="continue the run in --checkpoint, with its flags")
@@ -355,12 +367,18 @@ def add_train_parsers(subparsers):
         parser.set_defaults(run=run_train, pretrained=pretrained)
 
 
-def load_splits(dataset, data_dir, split, seed):
-    """``{"train": ClassImages, "test": ..., ["val": ...]}`` for a data set."""
+def load_splits(dataset, data_dir, split, seed, image_size=RUN_DEFAULTS["image_size"],
+                channels=RUN_DEFAULTS["channels"]):
+    """``{"train": ClassImages, "test": ..., ["val": ...]}`` for a data set (``image_size``
+    and ``channels`` shape the images of ``folder`` only)."""
     from .data import fetch
     if dataset == "synthetic":
         from .data.synthetic import load_synthetic
         return load_synthetic(seed=seed)
+    if dataset == "folder" and not data_dir:
+        # Only the user knows where their own images are; there is no default place.
+        raise CommandError("--dataset folder needs --data-dir DIR, the folder of train/ and "
+                           "test/ (and optionally val/) class folders.")
     data_dir = data_dir or os.path.join(fetch.default_data_dir(), dataset)
     # The loaders check --data-dir before any cache is used, and keep the decoded cache in
     # our own data directory (never in the user's data folder, which may be shared or
@@ -368,6 +386,9 @@ def load_splits(dataset, data_dir, split, seed):
     if dataset == "omniglot":
         from .data.omniglot import load_omniglot
         return load_omniglot(data_dir, split=split, seed=seed)
+    if dataset == "folder":
+        from .data.folder import load_folder
+        return load_folder(data_dir, image_size=image_size, channels=channels)
     from .data.miniimagenet import load_miniimagenet
     return load_miniimagenet(data_dir)
 
@@ -397,6 +418,7 @@ def run_train(args):
         if not args.resume:
             settings, run_info = {**_default_settings(), **given}, {}
             train.check_config(config_from_settings(settings))
+            _model_name(settings, given)  # refuses a bad image shape before any work
         ensure_writable_dir(args.checkpoint, "--checkpoint")
         lock = lock_run_directory(args.checkpoint)  # held until this process exits
         if args.resume:
@@ -413,8 +435,9 @@ def run_train(args):
     train.check_config(config)
     results_path = _results_path(args, config) if args.eval_samples else None
 
-    splits = load_splits(settings["dataset"], args.data_dir, settings["split"], config.seed)
-    model_name = DATASET_MODELS[settings["dataset"]]
+    model_name = _model_name(settings, given)
+    splits = load_splits(settings["dataset"], args.data_dir, settings["split"], config.seed,
+                         settings["image_size"], settings["channels"])
     model = models.MODELS[model_name](config.num_classes)
     image_shape = splits["train"].image_shape
     if image_shape != model.input_shape:
@@ -422,7 +445,9 @@ def run_train(args):
                            f"expects {model.input_shape}.")
     train.check_config(config, splits)
     optimizer = train.make_optimizer(config, model.num_params, np.float32)
-    run_info.update(dataset=settings["dataset"], split=settings["split"], model=model_name,
+    # The image shape trained on, whatever the data set (only folder's can be chosen).
+    run_info.update(dataset=settings["dataset"], split=settings["split"],
+                    image_size=image_shape[1], channels=image_shape[0], model=model_name,
                     backend=kernels.get_backend())
     print(f"reptile-np {__version__} {settings['dataset']}: {json.dumps(dataclasses.asdict(config))}")
     print(f"backend {kernels.get_backend()}, {threads.describe()}, {model.num_params} parameters, "
@@ -447,6 +472,24 @@ def run_train(args):
     if lock is not None:
         lock.close()
     return 0
+
+
+def _model_name(settings, given):
+    """The `reptile_np.models.MODELS` name the run trains, or CommandError for image flags
+    that do not apply (another data set) or fit no network (a folder's image shape)."""
+    dataset = settings["dataset"]
+    if dataset != "folder":
+        for dest in IMAGE_FLAGS:
+            if dest in given:
+                raise CommandError(f"{_show(dest, given[dest])} applies only to --dataset "
+                                   f"folder; the {dataset} images have a fixed size.")
+        return DATASET_MODELS[dataset]
+    shape = (settings["channels"], settings["image_size"])
+    if shape not in FOLDER_MODELS:
+        supported = " or ".join(f"--channels {c} --image-size {s}" for c, s in FOLDER_MODELS)
+        raise CommandError(f"--channels {shape[0]} --image-size {shape[1]} fits none of the "
+                           f"networks: --dataset folder supports {supported}.")
+    return FOLDER_MODELS[shape]
 
 
 def _evaluate_and_write(args, model, theta, optimizer, splits, config, run_info, iteration,
@@ -490,7 +533,10 @@ def _stored_settings(metadata, path):
     try:
         config = stored["train"]
         settings = {dest: config[field] for dest, field in CONFIG_FIELDS.items()}
-        settings.update({key: stored[key] for key in RUN_DEFAULTS})
+        settings.update({key: stored[key] for key in RUN_DEFAULTS if key not in IMAGE_FLAGS})
+        # Checkpoints from before --dataset folder do not record the image shape; their
+        # data sets' is fixed, and the flags apply to folder only.
+        settings.update({key: stored.get(key, RUN_DEFAULTS[key]) for key in IMAGE_FLAGS})
     except (KeyError, TypeError):
         raise CommandError(f"{path} does not record the flags it was trained with; it cannot "
                            f"be resumed or evaluated from the command line.") from None
@@ -529,7 +575,9 @@ def _refuse_contradictions(given, stored, allowed, purpose):
 
 
 def _print_taken(path, stored, given, dests):
-    taken = [_show(dest, stored[dest]) for dest in dests if dest not in given]
+    # The image flags say something only for --dataset folder.
+    taken = [_show(dest, stored[dest]) for dest in dests if dest not in given
+             and (dest not in IMAGE_FLAGS or stored["dataset"] == "folder")]
     if taken:
         print(f"from {path}: {' '.join(taken)}")
 

@@ -150,8 +150,12 @@ def _check_equal_counts(files, split, where):
             f"({usual} in most), but {listed}.")
 
 
-def _build_cache(files, meta, arrays, stamp, where):
-    """Decode all splits into `arrays`, then write `meta`; on failure leave none of them."""
+def _build_cache(files, meta, arrays, stamp, where, image_size=IMAGE_SIZE, channels=3):
+    """Decode all splits into `arrays`, then write `meta`; on failure leave none of them.
+
+    Each image is resized to `image_size` squared and converted to RGB (`channels` 3) or
+    grayscale (1); `reptile_np.data.folder` decodes the user's own folders with it too.
+    """
     image_module = require_pillow()
     cache.prepare_dir(meta.parent, stale=[meta, *arrays.values()])
     info = {"fingerprint": stamp, "splits": {}}
@@ -159,16 +163,17 @@ def _build_cache(files, meta, arrays, stamp, where):
         with cache.reporting_write_errors(meta.parent), contextlib.ExitStack() as stack:
             # Every split stays at its temporary name until all of them decoded, so a bad
             # image in the test split cannot leave a train split behind.
-            for split in SPLITS:
+            for split in arrays:
                 labels = sorted(files[split])
-                shape = (len(labels), len(files[split][labels[0]]), 3, IMAGE_SIZE, IMAGE_SIZE)
+                shape = (len(labels), len(files[split][labels[0]]), channels, image_size,
+                         image_size)
                 tmp = stack.enter_context(atomic_path(arrays[split]))
                 # Decode straight into the file, so the 813 MB train split never sits in
                 # RAM twice.
                 images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
                 for i, label in enumerate(labels):
                     for j, path in enumerate(files[split][label]):
-                        images[i, j] = _decode(image_module, path, where)
+                        images[i, j] = _decode(image_module, path, where, image_size, channels)
                 images.flush()
                 del images
                 info["splits"][split] = {"names": labels, "shape": list(shape)}
@@ -181,16 +186,17 @@ def _build_cache(files, meta, arrays, stamp, where):
         raise
 
 
-def _decode(image_module, path, where):
+def _decode(image_module, path, where, image_size=IMAGE_SIZE, channels=3):
     try:
         with image_module.open(path) as image:
-            small = image.resize((IMAGE_SIZE, IMAGE_SIZE), image_module.Resampling.NEAREST)
-            pixels = np.asarray(small.convert("RGB"), dtype=np.uint8)
+            small = image.resize((image_size, image_size), image_module.Resampling.NEAREST)
+            pixels = np.asarray(small.convert("RGB" if channels == 3 else "L"), dtype=np.uint8)
     except (OSError, ValueError) as exc:
         # Truncated or empty JPEGs were the usual result of the dead download URL.
         raise DataError(
             f"{where}: {path} is not a readable image ({exc}); replace the file.") from None
-    return pixels.transpose(2, 0, 1)  # (H, W, C) -> (C, H, W)
+    # (H, W, C) -> (C, H, W); a grayscale image comes as (H, W).
+    return pixels.reshape(image_size, image_size, channels).transpose(2, 0, 1)
 
 
 def _read_cache(meta, arrays, stamp, mmap):
@@ -200,7 +206,7 @@ def _read_cache(meta, arrays, stamp, mmap):
         if info["fingerprint"] != stamp:
             return None
         result = {}
-        for split in SPLITS:
+        for split in arrays:
             names = tuple(info["splits"][split]["names"])
             shape = tuple(info["splits"][split]["shape"])
             images = np.load(arrays[split], mmap_mode="r" if mmap else None, allow_pickle=False)
