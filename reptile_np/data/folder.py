@@ -16,8 +16,8 @@ only while its fingerprint matches the images as they are now.
 from pathlib import Path
 
 from reptile_np.data import cache
-from reptile_np.data.miniimagenet import (EXTENSIONS, _build_cache, _check_equal_counts,
-                                          _read_cache)
+from reptile_np.data.miniimagenet import (EXTENSIONS, build_class_cache, check_equal_counts,
+                                          read_class_cache)
 from reptile_np.errors import DataError
 
 REQUIRED_SPLITS = ("train", "test")
@@ -63,7 +63,7 @@ def load_folder(data_dir, image_size=28, channels=1, cache_dir=None, mmap=True, 
     where = f"{flag} {source}"
     files = _list_splits(source, where)
     for split, classes in files.items():
-        _check_equal_counts(classes, split, where)
+        check_equal_counts(classes, split, where)
     images = [path for split in files for label in sorted(files[split])
               for path in files[split][label]]
     params = {"image_size": image_size, "channels": channels, "splits": list(files)}
@@ -72,14 +72,14 @@ def load_folder(data_dir, image_size=28, channels=1, cache_dir=None, mmap=True, 
     name = cache.cache_name(CACHE_PREFIX, source, image_size=image_size, channels=channels)
     meta = cache_dir / f"{name}.json"
     arrays = {split: cache_dir / f"{name}_{split}.npy" for split in files}
-    result = _read_cache(meta, arrays, stamp, mmap)
+    result = read_class_cache(meta, arrays, stamp, mmap)
     if result is None:
         # A val split that disappeared since the last build leaves its array behind.
         stale = [cache_dir / f"{name}_{split}.npy" for split in OPTIONAL_SPLITS
                  if split not in files]
         cache.prepare_dir(cache_dir, stale=stale)
-        _build_cache(files, meta, arrays, stamp, where, image_size, channels)
-        result = _read_cache(meta, arrays, stamp, mmap)
+        build_class_cache(files, meta, arrays, stamp, where, image_size, channels)
+        result = read_class_cache(meta, arrays, stamp, mmap)
     return result
 
 

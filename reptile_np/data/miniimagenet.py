@@ -79,7 +79,7 @@ def load_miniimagenet(data_dir, cache_dir=None, csv_dir=None, mmap=True, *, flag
         files = _list_folder_splits(source, where)
         layout = {"layout": "folders"}
     for split, classes in files.items():
-        _check_equal_counts(classes, split, where)
+        check_equal_counts(classes, split, where)
     images = [path for split in SPLITS for label in sorted(files[split])
               for path in files[split][label]]
     stamp = cache.fingerprint(source, list(tables.values()) + images, image_size=IMAGE_SIZE,
@@ -89,10 +89,10 @@ def load_miniimagenet(data_dir, cache_dir=None, csv_dir=None, mmap=True, *, flag
     name = cache.cache_name(CACHE_PREFIX, source, **layout)
     meta = cache_dir / f"{name}.json"
     arrays = {split: cache_dir / f"{name}_{split}.npy" for split in SPLITS}
-    result = _read_cache(meta, arrays, stamp, mmap)
+    result = read_class_cache(meta, arrays, stamp, mmap)
     if result is None:
-        _build_cache(files, meta, arrays, stamp, where)
-        result = _read_cache(meta, arrays, stamp, mmap)
+        build_class_cache(files, meta, arrays, stamp, where)
+        result = read_class_cache(meta, arrays, stamp, mmap)
     return result
 
 
@@ -135,7 +135,7 @@ def _list_csv_split(source, table, where, csv_where):
     return {label: sorted(paths) for label, paths in sorted(files.items())}
 
 
-def _check_equal_counts(files, split, where):
+def check_equal_counts(files, split, where):
     """Require the same number (at least 1) of images in every class, naming the odd ones."""
     counts = {label: len(paths) for label, paths in files.items()}
     if not counts:
@@ -150,7 +150,7 @@ def _check_equal_counts(files, split, where):
             f"({usual} in most), but {listed}.")
 
 
-def _build_cache(files, meta, arrays, stamp, where, image_size=IMAGE_SIZE, channels=3):
+def build_class_cache(files, meta, arrays, stamp, where, image_size=IMAGE_SIZE, channels=3):
     """Decode all splits into `arrays`, then write `meta`; on failure leave none of them.
 
     Each image is resized to `image_size` squared and converted to RGB (`channels` 3) or
@@ -199,7 +199,7 @@ def _decode(image_module, path, where, image_size=IMAGE_SIZE, channels=3):
     return pixels.reshape(image_size, image_size, channels).transpose(2, 0, 1)
 
 
-def _read_cache(meta, arrays, stamp, mmap):
+def read_class_cache(meta, arrays, stamp, mmap):
     """Return the cached splits, or None if absent, unreadable or built from other files."""
     try:
         info = json.loads(meta.read_text(encoding="utf-8"))
