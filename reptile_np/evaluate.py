@@ -29,12 +29,29 @@ from .meta import inner_loop, minibatches
 from .workers import map_in_processes
 
 
+def query_logits(model, phi, train_x, query_x, transductive):
+    """The network's (queries, classes) logits for the queries under either protocol (see
+    the module docstring): transductive, all queries in one batch; otherwise each query in
+    a batch of the support examples ``train_x`` plus itself, its own row kept."""
+    if transductive:
+        return model.forward(phi, query_x)
+    return np.stack([model.forward(phi, np.concatenate([train_x, query_x[q:q + 1]]))[-1]
+                     for q in range(len(query_x))])
+
+
 def predict_queries(model, phi, train_x, query_x, transductive):
     """Predicted labels of the queries under either protocol (see the module docstring)."""
-    if transductive:
-        return model.predict(phi, query_x)
-    return np.array([model.predict(phi, np.concatenate([train_x, query_x[q:q + 1]]))[-1]
-                     for q in range(len(query_x))])
+    return np.argmax(query_logits(model, phi, train_x, query_x, transductive), axis=1)
+
+
+def adapt(model, theta, optimizer, train_x, train_y, batches, reduction="sum", weight_decay=1.0):
+    """The adapted parameters phi: `reptile_np.meta.inner_loop` from ``theta`` and the
+    optimiser's current state, which is restored afterwards (so every task starts from the
+    same state, as in the paper's evaluation)."""
+    state = optimizer.snapshot()
+    phi = inner_loop(model, theta, train_x, train_y, batches, optimizer, reduction, weight_decay)
+    optimizer.restore(state)
+    return phi
 
 
 def evaluate_task(model, theta, optimizer, task, num_classes, eval_batch, eval_iters, rng,
@@ -65,9 +82,7 @@ def adapt_and_count(model, theta, optimizer, task, batches, num_classes, transdu
     """`evaluate_task` with its mini-batches (index arrays into the N*K training examples)
     already drawn."""
     train_x, train_y, query_x, query_y = split_eval_task(*task, num_classes)
-    state = optimizer.snapshot()
-    phi = inner_loop(model, theta, train_x, train_y, batches, optimizer, reduction, weight_decay)
-    optimizer.restore(state)
+    phi = adapt(model, theta, optimizer, train_x, train_y, batches, reduction, weight_decay)
     return int(np.sum(predict_queries(model, phi, train_x, query_x, transductive) == query_y))
 
 
@@ -109,7 +124,7 @@ def evaluate(model, theta, optimizer, split, num_classes, num_shots, eval_batch,
 
 
 def evaluate_splits(model, theta, optimizer, splits, config, num_tasks, workers=1,
-                    progress_stream=None):
+                    progress_stream=None, only=None):
     """A run's final evaluation, on every split, as the paper's code reports it.
 
     Args:
@@ -119,15 +134,19 @@ def evaluate_splits(model, theta, optimizer, splits, config, num_tasks, workers=
         num_tasks: tasks per split (the paper: 10,000).
         workers: as `evaluate`.
         progress_stream: where to show each split's progress line (None: nowhere).
+        only: names of the splits to evaluate (None: all of them).
 
     Returns:
         ``{split name: {"accuracy": ..., "ci95": ..., "tasks": num_tasks}}``. Split number
-        i draws its tasks from ``default_rng([config.seed, 2, i])``, so every split and run
-        is reproducible on its own.
+        i of ``splits`` draws its tasks from ``default_rng([config.seed, 2, i])``, so every
+        split and run is reproducible on its own, and a split evaluated alone (``only``)
+        gives the numbers it has in the evaluation of all of them.
     """
     from .progress import Progress
     results = {}
     for index, (name, split) in enumerate(splits.items()):
+        if only is not None and name not in only:
+            continue
         progress = Progress(num_tasks, f"evaluating {name}", progress_stream, interval=5.0)
         accuracy, ci, _ = evaluate(model, theta, optimizer, split, config.num_classes,
                                    config.num_shots, config.eval_batch_size, config.eval_iters,

@@ -28,6 +28,12 @@ def _softmax(logits):
     return shifted, total, exp / total
 
 
+def softmax(logits):
+    """Row-wise class probabilities ``exp(z - max z) / sum exp(z - max z)`` of (N, K) logits,
+    in their dtype: what `softmax_cross_entropy` differentiates, for reporting a prediction."""
+    return _softmax(logits)[2]
+
+
 def softmax_cross_entropy(logits, labels, reduction="sum"):
     """Softmax cross-entropy on integer labels.
 

@@ -81,12 +81,12 @@ def test_predict_queries_is_one_pass_per_query_or_one_pass_on_all_queries(monkey
     # The protocols disagree on this task, so a mix-up of the two cannot pass.
     assert not np.array_equal(non_transductive, transductive)
     passes = []
-    predict = model.predict
+    forward = model.forward
 
-    def recording_predict(phi, x):
+    def recording_forward(phi, x):
         passes.append(x)
-        return predict(phi, x)
-    monkeypatch.setattr(model, "predict", recording_predict)
+        return forward(phi, x)
+    monkeypatch.setattr(model, "forward", recording_forward)
     np.testing.assert_array_equal(
         evaluation.predict_queries(model, phi, train_x, query_x, False), non_transductive)
     assert len(passes) == 5

@@ -94,19 +94,53 @@ def _list_splits(source, where):
                                 f"train/, test/ and optionally val/, each of <class>/ folders "
                                 f"of .png/.jpg/.jpeg images.")
             continue
-        classes = {}
-        for folder in sorted(path for path in root.iterdir() if path.is_dir()):
-            entries = sorted(path for path in folder.iterdir() if not path.name.startswith("."))
-            others = [path for path in entries
-                      if not path.is_file() or path.suffix.lower() not in EXTENSIONS]
-            if others:
-                raise DataError(f"{where}: {others[0]} is not a .png/.jpg/.jpeg image; move it "
-                                f"out of the class folders.")
-            if not entries:
-                raise DataError(f"{where}: the class folder {split}/{folder.name} holds no "
-                                f".png/.jpg/.jpeg images.")
-            classes[folder.name] = entries
-        if not classes:
-            raise DataError(f"{where}: {split}/ holds no class folders.")
-        files[split] = classes
+        files[split] = list_class_folders(root, where, f"{split}/")
     return files
+
+
+def list_class_folders(root, where, prefix=""):
+    """Return {class: sorted image paths} of the class folders in `root`, checked.
+
+    Files directly in `root` are not looked at; every class folder must hold images only
+    (see `list_images`). `reptile-np predict` lists its support and query folders with it.
+
+    Args:
+        root: The folder of class folders.
+        where: The flag and folder the messages name first ("--data-dir DIR").
+        prefix: How the messages name `root` inside it ("train/"); "" when `root` is it.
+
+    Raises:
+        DataError: `root` holds no class folder, or a class folder is empty or holds
+            something that is not a .png/.jpg/.jpeg image.
+    """
+    classes = {folder.name: list_images(folder, where, f"the class folder {prefix}{folder.name}")
+               for folder in sorted(path for path in root.iterdir() if path.is_dir())}
+    if not classes:
+        raise DataError(f"{where}: {prefix} holds no class folders." if prefix
+                        else f"{where} holds no class folders.")
+    return classes
+
+
+def list_images(folder, where, what):
+    """Return the sorted .png/.jpg/.jpeg paths in `folder`, skipping hidden files.
+
+    Anything else in it is an error rather than left out, so nothing the user put there
+    is silently ignored.
+
+    Args:
+        folder: The folder of images.
+        where: The flag and folder the messages name first ("--data-dir DIR").
+        what: How the messages name `folder` ("the class folder train/cat").
+
+    Raises:
+        DataError: `folder` holds no image, or an entry that is not a .png/.jpg/.jpeg file.
+    """
+    entries = sorted(path for path in folder.iterdir() if not path.name.startswith("."))
+    others = [path for path in entries
+              if not path.is_file() or path.suffix.lower() not in EXTENSIONS]
+    if others:
+        raise DataError(f"{where}: {others[0]} is not a .png/.jpg/.jpeg image; move it out of "
+                        f"{what}.")
+    if not entries:
+        raise DataError(f"{where}: {what} holds no .png/.jpg/.jpeg images.")
+    return entries

@@ -189,12 +189,27 @@ def build_class_cache(files, meta, arrays, stamp, where, image_size=IMAGE_SIZE, 
 def _decode(image_module, path, where, image_size=IMAGE_SIZE, channels=3):
     try:
         with image_module.open(path) as image:
-            small = image.resize((image_size, image_size), image_module.Resampling.NEAREST)
-            pixels = np.asarray(small.convert("RGB" if channels == 3 else "L"), dtype=np.uint8)
+            return image_pixels(image_module, image, image_size, channels)
     except (OSError, ValueError) as exc:
         # Truncated or empty JPEGs were the usual result of the dead download URL.
         raise DataError(
             f"{where}: {path} is not a readable image ({exc}); replace the file.") from None
+
+
+def image_pixels(image_module, image, image_size=IMAGE_SIZE, channels=3):
+    """The stored pixels of one open Pillow image: supervised-reptile's pipeline.
+
+    Resize to `image_size` squared with NEAREST, then convert to RGB (`channels` 3) or
+    grayscale (1). `reptile-np predict` reads a user's images with it too.
+
+    Returns:
+        uint8 array of shape (channels, image_size, image_size).
+
+    Raises:
+        OSError, ValueError: Pillow cannot decode the image.
+    """
+    small = image.resize((image_size, image_size), image_module.Resampling.NEAREST)
+    pixels = np.asarray(small.convert("RGB" if channels == 3 else "L"), dtype=np.uint8)
     # (H, W, C) -> (C, H, W); a grayscale image comes as (H, W).
     return pixels.reshape(image_size, image_size, channels).transpose(2, 0, 1)
 

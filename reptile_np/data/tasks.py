@@ -91,12 +91,27 @@ def sample_task(split, num_classes, num_shots, rng, dtype=np.float32):
     orders = np.tile(np.arange(split.samples_per_class), (num_classes, 1))
     shots = rng.permuted(orders, axis=1)[:, :num_shots]
     raw = split.images[classes[:, None], shots]  # (N, K, C, H, W) uint8
-    # A lookup table maps each of the 256 stored values to the float pixel, rounded once
-    # from float64, so 255 becomes exactly 1.0 in any dtype.
-    table = (np.arange(256, dtype=np.float64) * split.scale).astype(dtype)
-    x = table[raw.reshape((num_classes * num_shots,) + split.image_shape)]
+    x = to_float(raw.reshape((num_classes * num_shots,) + split.image_shape), dtype, split.scale)
     y = np.repeat(np.arange(num_classes, dtype=np.int64), num_shots)
     return x, y
+
+
+def to_float(raw, dtype, scale=1.0 / 255.0):
+    """Float pixels of stored uint8 images, as tasks give them to the networks.
+
+    A lookup table maps each of the 256 stored values to its float pixel, rounded once
+    from float64, so 255 becomes exactly 1.0 in any dtype.
+
+    Args:
+        raw: uint8 array of any shape.
+        dtype: float32 or float64.
+        scale: the `ClassImages.scale` factor.
+
+    Returns:
+        An array of ``raw``'s shape and the given dtype.
+    """
+    table = (np.arange(256, dtype=np.float64) * scale).astype(dtype)
+    return table[raw]
 
 
 def split_eval_task(x, y, num_classes):
