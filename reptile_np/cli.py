@@ -22,6 +22,7 @@ import time
 import numpy as np
 
 from . import __version__, kernels, threads
+from .predict import add_predict_parser
 from .runtime import keep_freed_memory
 
 DATASETS = ("omniglot", "miniimagenet", "synthetic", "folder")
@@ -339,7 +340,8 @@ def add_run_flags(parser, command):
                       help="kernels (default: $REPTILE_NP_BACKEND, else numba)")
     ours.add_argument("--results", default=None,
                       help="write the final accuracies as JSON here (default: "
-                           "<checkpoint>/results-<K>shot-<protocol>.json); an existing file "
+                           "<checkpoint>/results-<K>shot-<protocol>.json, for a released "
+                           "checkpoint ./<name>-results-...); an existing file "
                            "is replaced only if it holds the same evaluation of the same "
                            "--checkpoint")
     ours.add_argument("--eval-workers", type=_positive_int, default=1,
@@ -397,6 +399,7 @@ def run_train(args):
     from . import models, train
     from .checkpoint import load_checkpoint
     from .files import ensure_writable_dir
+    from .release import check_checkpoint_dir
     from .runlock import lock_run_directory
     if args.pretrained and getattr(args, "resume", False):
         raise CommandError("--resume continues training and --pretrained only evaluates; "
@@ -405,6 +408,7 @@ def run_train(args):
         kernels.set_backend(args.backend)
     if os.path.exists(args.checkpoint) and not os.path.isdir(args.checkpoint):
         raise CommandError(f"--checkpoint {args.checkpoint} is not a directory.")
+    check_checkpoint_dir(args.checkpoint, args.pretrained)  # released ones: verified, read-only
     path = train.checkpoint_file(args.checkpoint)
     given = {dest: getattr(args, dest) for dest in (*CONFIG_FIELDS, *RUN_DEFAULTS)
              if hasattr(args, dest)}
@@ -651,10 +655,11 @@ def _results_path(args, config):
     anything else is refused rather than lost.
     """
     from .files import ensure_writable_dir
+    from .release import default_results_path, is_release
     mode = "transductive" if config.transductive else "nontransductive"
-    path = args.results or os.path.join(args.checkpoint,
-                                        f"results-{config.num_shots}shot-{mode}.json")
-    flag = "--results" if args.results else "--checkpoint"
+    path = args.results or default_results_path(args.checkpoint,
+                                                f"results-{config.num_shots}shot-{mode}.json")
+    flag = "--results" if args.results or is_release(args.checkpoint) else "--checkpoint"
     if os.path.isdir(path):
         raise CommandError(f"--results {path} is a directory; give a file name.")
     ensure_writable_dir(os.path.dirname(os.path.abspath(path)), flag)
@@ -771,6 +776,7 @@ def build_parser():
     add_train_parsers(subparsers)
     add_tool_parsers(subparsers)
     add_plot_parser(subparsers)
+    add_predict_parser(subparsers)
     return parser
 
 
