@@ -1,0 +1,207 @@
+"""`reptile-np predict` on support and query folders made of the shared Omniglot PNGs: it is
+one evaluation task, the images read exactly as the Omniglot loader stores them, adapted
+with the checkpoint's settings and Adam state (checked against a by-hand adaptation from
+the decoded cache), deterministic per seed; and every bad input is one line naming its flag.
+
+The checkpoint is the Omniglot network meta-trained for one iteration on synthetic glyphs:
+predictions are about plumbing here, not accuracy (the released checkpoint's accuracy is
+test_release.py's)."""
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import OMNIGLOT_DIR
+from reptile_np import cli, threads
+from reptile_np.data.omniglot import BACKGROUND, EVALUATION, load_characters, load_omniglot
+from reptile_np.data.tasks import to_float
+from reptile_np.evaluate import adapt, query_logits
+from reptile_np.losses import softmax
+from reptile_np.meta import minibatches
+from reptile_np.predict import predict
+from reptile_np.release import load_trained
+from test_train_cli import SMALL, run_cli
+
+Image = pytest.importorskip("PIL.Image")
+
+CLASSES, SHOTS, QUERIES = 3, 2, 2   # the checkpoint's 3-way; 2 support, 2 query drawings each
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_blas_thread():
+    """One BLAS thread, as the command line runs: two contend with any other busy process
+    on a 2-core machine (a prediction then takes seconds instead of a fraction of one)."""
+    before = threads.blas_info()["threads"]
+    threads.set_threads(1)
+    yield
+    if before:
+        threads.set_threads(before)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """An Omniglot-network checkpoint (3-way, eval-batch 3, eval-iters 3, Adam state)."""
+    directory = tmp_path_factory.mktemp("predict") / "run"
+    done = run_cli("train", *SMALL, "--meta-iters", "1", "--eval-samples", "0",
+                   "--checkpoint", str(directory))
+    assert done.returncode == 0, done.stderr
+    return directory
+
+
+@pytest.fixture(scope="module")
+def characters(omniglot_cache):
+    """Three characters of the paper split's meta-test set, as "Alphabet/characterNN"."""
+    test_names = load_omniglot(OMNIGLOT_DIR, cache_dir=omniglot_cache)["test"].names
+    return [name.rsplit("/", 1)[0] for name in test_names[:CLASSES]]
+
+
+def write_folders(root, characters):
+    """support/<Alphabet-characterNN>/ with each character's first SHOTS PNGs of the
+    release, query/<same>/ with the next QUERIES; the files keep their release names."""
+    for source in (BACKGROUND, EVALUATION):
+        with zipfile.ZipFile(OMNIGLOT_DIR / f"{source}.zip") as archive:
+            for character in characters:
+                prefix = f"{source}/{character}/"
+                files = sorted(n for n in archive.namelist() if n.startswith(prefix)
+                               and n.endswith(".png"))
+                for index, name in enumerate(files[:SHOTS + QUERIES]):
+                    kind = "support" if index < SHOTS else "query"
+                    folder = root / kind / character.replace("/", "-")
+                    folder.mkdir(parents=True, exist_ok=True)
+                    (folder / name.rsplit("/", 1)[1]).write_bytes(archive.read(name))
+    return root / "support", root / "query"
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory, characters):
+    return write_folders(tmp_path_factory.mktemp("folders"), characters)
+
+
+@pytest.fixture
+def folders(tmp_path, template):
+    """A fresh copy of the support and query folders, for a test to change."""
+    return tuple(Path(shutil.copytree(path, tmp_path / path.name)) for path in template)
+
+
+@pytest.mark.parametrize("transductive", [False, True])
+def test_predictions_are_an_evaluation_task_on_the_omniglot_loaders_pixels(
+        checkpoint, folders, characters, omniglot_cache, transductive):
+    support, query = folders
+    result = predict(checkpoint, support, query, seed=3, transductive=transductive)
+
+    # By hand: the same drawings from the Omniglot loader's cache, the checkpoint's
+    # evaluation settings, its Adam state, mini-batches from default_rng(seed).
+    images, names = load_characters(OMNIGLOT_DIR, cache_dir=omniglot_cache)
+    # Class j is the j-th support folder in sorted order.
+    order = sorted(characters, key=lambda character: character.replace("/", "-"))
+    rows = [names.index(character) for character in order]
+    cached = images[rows][:, :, None]                           # (N, 20, 1, 28, 28) uint8
+    model, theta, optimizer, config, _ = load_trained(checkpoint)
+    support_x = to_float(cached[:, :SHOTS].reshape(-1, 1, 28, 28), theta.dtype)
+    query_x = to_float(cached[:, SHOTS:SHOTS + QUERIES].reshape(-1, 1, 28, 28), theta.dtype)
+    support_y = np.repeat(np.arange(CLASSES), SHOTS)
+    batches = minibatches(len(support_y), config.eval_batch_size, config.eval_iters,
+                          np.random.default_rng(3))
+    phi = adapt(model, theta, optimizer, support_x, support_y, batches)
+    expected = softmax(query_logits(model, phi, support_x, query_x, transductive))
+
+    np.testing.assert_array_equal(result.probabilities, expected)
+    assert result.classes == tuple(character.replace("/", "-") for character in order)
+    np.testing.assert_array_equal(result.labels, np.repeat(np.arange(CLASSES), QUERIES))
+    assert [path.parent.name for path in result.paths] == \
+        [result.classes[label] for label in result.labels]
+
+
+def test_the_checkpoints_protocol_is_the_default_and_seeds_decide(checkpoint, folders):
+    support, query = folders
+    default = predict(checkpoint, support, query)
+    assert not load_trained(checkpoint)[3].transductive
+    np.testing.assert_array_equal(default.probabilities,
+                                  predict(checkpoint, support, query, transductive=False).probabilities)
+    assert not np.array_equal(default.probabilities,
+                              predict(checkpoint, support, query, transductive=True).probabilities)
+    again = predict(checkpoint, support, query, seed=0)
+    np.testing.assert_array_equal(default.probabilities, again.probabilities)
+    other = predict(checkpoint, support, query, seed=1)
+    assert not np.array_equal(default.probabilities, other.probabilities)
+    for result in (default, other):
+        assert result.probabilities.shape == (CLASSES * QUERIES, CLASSES)
+        assert result.probabilities.dtype == np.float32
+        assert np.all(result.probabilities > 0) and np.all(result.probabilities < 1)
+        np.testing.assert_allclose(result.probabilities.sum(axis=1), 1, rtol=1e-6)
+
+
+def test_command_prints_each_query_its_class_and_probability_then_the_accuracy(
+        checkpoint, folders, capsys):
+    support, query = folders
+    assert cli.main(["predict", "--checkpoint", str(checkpoint), "--support", str(support),
+                     "--query", str(query), "--seed", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    result = predict(checkpoint, support, query, seed=3)
+    assert len(lines) == len(result.paths) + 1
+    for line, path, label, row in zip(lines, result.paths, result.predicted, result.probabilities):
+        assert line.split() == [str(path), result.classes[label], f"{row[label]:.3f}"]
+    correct = int(np.sum(result.predicted == result.labels))
+    assert lines[-1] == f"accuracy: {correct}/{len(result.paths)} = {100 * correct / len(result.paths):.1f}%"
+
+    # A query folder of images alone: the same predictions, no accuracy.
+    flat = query.parent / "flat"
+    flat.mkdir()
+    for path in result.paths:
+        (flat / path.name).write_bytes(path.read_bytes())
+    assert cli.main(["predict", "--checkpoint", str(checkpoint), "--support", str(support),
+                     "--query", str(flat), "--seed", "3"]) == 0
+    printed = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines()}
+    assert printed == {str(flat / path.name): [result.classes[label], f"{row[label]:.3f}"]
+                       for path, label, row in zip(result.paths, result.predicted,
+                                                   result.probabilities)}
+
+
+def _first(folder):
+    return sorted(next(iter(sorted(folder.iterdir()))).iterdir())[0]
+
+
+def _save(path, pixels, mode=None):
+    Image.fromarray(pixels, mode).save(path)
+
+
+@pytest.mark.parametrize("damage, flag, fragment", [
+    (lambda s, q, c: _first(s).unlink(), "--support",
+     "every class of the support split needs the same number of images"),
+    (lambda s, q, c: (s / "extra").mkdir() or _save(s / "extra" / "a.png", np.zeros((28, 28), np.uint8)),
+     "--support", "has 4 class folders, but the checkpoint's network tells 3 classes apart"),
+    (lambda s, q, c: _first(q).write_bytes(b"not a png"), "--query", "is not a readable image"),
+    (lambda s, q, c: _save(_first(s), np.full((40, 40, 3), (255, 0, 0), np.uint8)), "--support",
+     "is in colour, but the checkpoint's network reads grayscale images"),
+    (lambda s, q, c: _save(_first(q), np.full((27, 60), 255, np.uint8)), "--query",
+     "is 60x27 pixels, smaller than the 28x28 the checkpoint's network reads"),
+    (lambda s, q, c: (q / "someone-else").mkdir() or _save(q / "someone-else" / "a.png", np.zeros((28, 28), np.uint8)),
+     "--query", "the class folder someone-else is not one of the support's classes"),
+    (lambda s, q, c: _save(q / "loose.png", np.zeros((28, 28), np.uint8)), "--query",
+     "holds both images (loose.png) and class folders"),
+    (lambda s, q, c: (c / "checkpoint.npz").unlink(), "--checkpoint", "holds no checkpoint.npz"),
+])
+def test_bad_input_is_one_line_naming_the_flag(checkpoint, folders, tmp_path, capsys, damage,
+                                               flag, fragment):
+    support, query = folders
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoint.npz").write_bytes((checkpoint / "checkpoint.npz").read_bytes())
+    damage(support, query, run)
+    assert cli.main(["predict", "--checkpoint", str(run), "--support", str(support),
+                     "--query", str(query)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"reptile-np predict: error: {flag} " in err, err
+    assert fragment in err, err
+
+
+def test_a_gray_image_in_an_rgb_file_reads_as_its_grayscale(checkpoint, folders):
+    support, query = folders
+    before = predict(checkpoint, support, query)
+    for path in before.paths:  # every query re-saved as RGB with equal channels
+        with Image.open(path) as image:
+            image.convert("RGB").save(path)
+    np.testing.assert_array_equal(predict(checkpoint, support, query).probabilities,
+                                  before.probabilities)
