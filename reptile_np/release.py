@@ -10,7 +10,7 @@ A released checkpoint is a directory, ``checkpoints/<name>/`` in the repository,
 =================  ===============================================================
 
 ``release.json`` holds ``format`` (1), ``name``, ``checkpoint`` (the file name),
-``sha256`` (of the file's bytes), ``meta_iterations``, ``train_command``, ``evaluation``
+``sha256`` and ``bytes`` (of the file), ``meta_iterations``, ``train_command``, ``evaluation``
 (``dataset``, ``split`` evaluated, ``classes``, ``shots``, ``eval_batch``, ``eval_iters``,
 ``tasks``, ``seed``) and ``results``: for each protocol evaluated (``nontransductive``,
 ``transductive``), ``accuracy`` and ``ci95`` (fractions, the half-width of the 95%
@@ -189,3 +189,51 @@ def _number(value):
     """A float as typed: ``1`` for 1.0, the shortest text that reads back exactly otherwise."""
     short = f"{value:g}"
     return short if float(short) == value else repr(value)
+
+
+def write_release(directory, release):
+    """Write ``release.json`` and the ``README.md`` made from it into ``directory``, each
+    atomically (a reader sees the old file or the new one)."""
+    from .files import atomic_path
+    for name, text in ((RELEASE_FILE, json.dumps(release, indent=2) + "\n"),
+                       ("README.md", release_readme(release))):
+        with atomic_path(os.path.join(directory, name)) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+
+
+def release_readme(release):
+    """The README.md of a release: what the checkpoint is, how it was trained, its SHA-256,
+    its measured accuracy with the 95% CI, and the command that measures it again."""
+    evaluation = release["evaluation"]
+    mode = {"nontransductive": "non-transductive", "transductive": "transductive"}
+    rows = "\n".join(
+        f"| {mode[protocol]} | {100 * r['accuracy']:.2f}% ± {100 * r['ci95']:.2f} | "
+        f"`{r['command']}` |" for protocol, r in release["results"].items())
+    return f"""# {release['name']}
+
+`{release['checkpoint']}` ({release['bytes'] / 1e6:.1f} MB) holds θ and the inner
+optimiser's state of a reptile-np run after {release['meta_iterations']:,} meta-iterations,
+trained with
+
+```bash
+{release['train_command']}
+```
+
+SHA-256 of `{release['checkpoint']}`: `{release['sha256']}` (`reptile-np eval` and
+`reptile-np predict` check it against `{RELEASE_FILE}` before using the file).
+
+Accuracy on {evaluation['tasks']:,} tasks of the {evaluation['dataset']} {evaluation['split']}
+split, {evaluation['classes']}-way {evaluation['shots']}-shot, {evaluation['eval_iters']}
+adaptation steps on batches of {evaluation['eval_batch']}, evaluation seed {evaluation['seed']}
+(mean ± 95% CI):
+
+| protocol | accuracy | measured again by |
+|---|---|---|
+{rows}
+
+Each command prints the train and the test split; its test row is the number above. It
+reads the data where `reptile-np fetch-data` puts it (add `--data-dir DIR` otherwise) and
+writes its results file into the current directory, never into this one.
+Classify your own images with `reptile-np predict --checkpoint <this directory> --support
+DIR --query DIR` (see the repository's README, "Use a trained model").
+"""
