@@ -1,4 +1,5 @@
-"""`reptile-np predict` on support and query folders made of the shared Omniglot PNGs: it is
+"""`reptile-np predict` on support and query folders of the shared Omniglot PNGs (written by
+examples/omniglot_task_folders.py, which these tests thereby run): it is
 one evaluation task, the images read exactly as the Omniglot loader stores them, adapted
 with the checkpoint's settings and Adam state (checked against a by-hand adaptation from
 the decoded cache), deterministic per seed; and every bad input is one line naming its flag.
@@ -6,8 +7,8 @@ the decoded cache), deterministic per seed; and every bad input is one line nami
 The checkpoint is the Omniglot network meta-trained for one iteration on synthetic glyphs:
 predictions are about plumbing here, not accuracy (the released checkpoint's accuracy is
 test_release.py's)."""
+import importlib.util
 import shutil
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ import pytest
 
 from conftest import OMNIGLOT_DIR
 from reptile_np import cli, threads
-from reptile_np.data.omniglot import BACKGROUND, EVALUATION, load_characters, load_omniglot
+from reptile_np.data.omniglot import load_characters
 from reptile_np.data.tasks import to_float
 from reptile_np.evaluate import adapt, query_logits
 from reptile_np.losses import softmax
@@ -50,39 +51,34 @@ def checkpoint(tmp_path_factory):
     return directory
 
 
-@pytest.fixture(scope="module")
-def characters(omniglot_cache):
-    """Three characters of the paper split's meta-test set, as "Alphabet/characterNN"."""
-    test_names = load_omniglot(OMNIGLOT_DIR, cache_dir=omniglot_cache)["test"].names
-    return [name.rsplit("/", 1)[0] for name in test_names[:CLASSES]]
-
-
-def write_folders(root, characters):
-    """support/<Alphabet-characterNN>/ with each character's first SHOTS PNGs of the
-    release, query/<same>/ with the next QUERIES; the files keep their release names."""
-    for source in (BACKGROUND, EVALUATION):
-        with zipfile.ZipFile(OMNIGLOT_DIR / f"{source}.zip") as archive:
-            for character in characters:
-                prefix = f"{source}/{character}/"
-                files = sorted(n for n in archive.namelist() if n.startswith(prefix)
-                               and n.endswith(".png"))
-                for index, name in enumerate(files[:SHOTS + QUERIES]):
-                    kind = "support" if index < SHOTS else "query"
-                    folder = root / kind / character.replace("/", "-")
-                    folder.mkdir(parents=True, exist_ok=True)
-                    (folder / name.rsplit("/", 1)[1]).write_bytes(archive.read(name))
-    return root / "support", root / "query"
+def _example(name):
+    """A module of examples/ (a script directory, not a package)."""
+    path = Path(__file__).resolve().parents[1] / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
-def template(tmp_path_factory, characters):
-    return write_folders(tmp_path_factory.mktemp("folders"), characters)
+def task(tmp_path_factory, omniglot_cache):
+    """support/ and query/ folders of three meta-test characters (SHOTS and QUERIES
+    drawings each, the release's PNGs), by examples/omniglot_task_folders.py, and the
+    characters in label order."""
+    write = _example("omniglot_task_folders").write_task_folders
+    return write(OMNIGLOT_DIR, tmp_path_factory.mktemp("task"), CLASSES, SHOTS, QUERIES,
+                 cache_dir=omniglot_cache)
 
 
 @pytest.fixture
-def folders(tmp_path, template):
+def characters(task):
+    return task[2]
+
+
+@pytest.fixture
+def folders(tmp_path, task):
     """A fresh copy of the support and query folders, for a test to change."""
-    return tuple(Path(shutil.copytree(path, tmp_path / path.name)) for path in template)
+    return tuple(Path(shutil.copytree(path, tmp_path / path.name)) for path in task[:2])
 
 
 @pytest.mark.parametrize("transductive", [False, True])
@@ -94,9 +90,7 @@ def test_predictions_are_an_evaluation_task_on_the_omniglot_loaders_pixels(
     # By hand: the same drawings from the Omniglot loader's cache, the checkpoint's
     # evaluation settings, its Adam state, mini-batches from default_rng(seed).
     images, names = load_characters(OMNIGLOT_DIR, cache_dir=omniglot_cache)
-    # Class j is the j-th support folder in sorted order.
-    order = sorted(characters, key=lambda character: character.replace("/", "-"))
-    rows = [names.index(character) for character in order]
+    rows = [names.index(character) for character in characters]
     cached = images[rows][:, :, None]                           # (N, 20, 1, 28, 28) uint8
     model, theta, optimizer, config, _ = load_trained(checkpoint)
     support_x = to_float(cached[:, :SHOTS].reshape(-1, 1, 28, 28), theta.dtype)
@@ -108,7 +102,8 @@ def test_predictions_are_an_evaluation_task_on_the_omniglot_loaders_pixels(
     expected = softmax(query_logits(model, phi, support_x, query_x, transductive))
 
     np.testing.assert_array_equal(result.probabilities, expected)
-    assert result.classes == tuple(character.replace("/", "-") for character in order)
+    # Class j is the j-th support folder in sorted order.
+    assert result.classes == tuple(character.replace("/", "-") for character in characters)
     np.testing.assert_array_equal(result.labels, np.repeat(np.arange(CLASSES), QUERIES))
     assert [path.parent.name for path in result.paths] == \
         [result.classes[label] for label in result.labels]
