@@ -82,6 +82,9 @@ def release(args):
     # Everything below reads the copy: the numbers are the released file's.
     model, theta, optimizer, config, metadata = load_trained(str(dest), "RELEASE_DIR")
     run = metadata["config"]
+    if metadata["iteration"] < config.meta_iters:
+        print(f"warning: {source} is at meta-iteration {metadata['iteration']} of its "
+              f"{config.meta_iters}: this releases an unfinished run.", file=sys.stderr)
     splits = load_splits(run["dataset"], args.data_dir, run["split"], config.seed,
                          run.get("image_size", RUN_DEFAULTS["image_size"]),
                          run.get("channels", RUN_DEFAULTS["channels"]))

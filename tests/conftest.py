@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reptile_np import kernels
+from reptile_np import kernels, threads
 from reptile_np.data.omniglot import load_characters
 
 # Tests read the data from ../shared/data beside the repository, never from a copy in it.
@@ -76,3 +76,15 @@ def record_omniglot_decodes(monkeypatch, decoded):
 
     monkeypatch.setattr(omniglot, "decode_omniglot", decode)
     return calls
+
+
+@pytest.fixture(scope="module")
+def one_blas_thread():
+    """One BLAS thread for a module's tests, as the command line runs: two contend with
+    any other busy process on a 2-core machine (an in-process evaluation then takes
+    seconds instead of a fraction of one). The previous count is restored afterwards."""
+    before = threads.blas_info()["threads"]
+    threads.set_threads(1)
+    yield
+    if before:
+        threads.set_threads(before)

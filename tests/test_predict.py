@@ -4,7 +4,7 @@ one evaluation task, the images read exactly as the Omniglot loader stores them,
 with the checkpoint's settings and Adam state (checked against a by-hand adaptation from
 the decoded cache), deterministic per seed; and every bad input is one line naming its flag.
 
-The checkpoint is the Omniglot network meta-trained for one iteration on synthetic glyphs:
+The checkpoint is the Omniglot network meta-trained for 6 iterations on synthetic glyphs:
 predictions are about plumbing here, not accuracy (the released checkpoint's accuracy is
 test_release.py's)."""
 import importlib.util
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import OMNIGLOT_DIR
-from reptile_np import cli, threads
+from reptile_np import cli
 from reptile_np.data.omniglot import load_characters
 from reptile_np.data.tasks import to_float
 from reptile_np.evaluate import adapt, query_logits
@@ -23,32 +23,18 @@ from reptile_np.losses import softmax
 from reptile_np.meta import minibatches
 from reptile_np.predict import predict
 from reptile_np.release import load_trained
-from test_train_cli import SMALL, run_cli
+from test_cli_runs import trained  # noqa: F401 (a fixture: a finished 6-iteration run)
 
 Image = pytest.importorskip("PIL.Image")
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 CLASSES, SHOTS, QUERIES = 3, 2, 2   # the checkpoint's 3-way; 2 support, 2 query drawings each
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_blas_thread():
-    """One BLAS thread, as the command line runs: two contend with any other busy process
-    on a 2-core machine (a prediction then takes seconds instead of a fraction of one)."""
-    before = threads.blas_info()["threads"]
-    threads.set_threads(1)
-    yield
-    if before:
-        threads.set_threads(before)
-
-
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
+def checkpoint(trained):
     """An Omniglot-network checkpoint (3-way, eval-batch 3, eval-iters 3, Adam state)."""
-    directory = tmp_path_factory.mktemp("predict") / "run"
-    done = run_cli("train", *SMALL, "--meta-iters", "1", "--eval-samples", "0",
-                   "--checkpoint", str(directory))
-    assert done.returncode == 0, done.stderr
-    return directory
+    return trained[0]
 
 
 def _example(name):

@@ -15,12 +15,15 @@ from pathlib import Path
 import pytest
 
 from conftest import OMNIGLOT_DIR
-from reptile_np import cli, threads
+from reptile_np import cli
 from reptile_np.data.omniglot import load_omniglot
 from reptile_np.evaluate import evaluate_splits
 from reptile_np.release import PROTOCOLS, load_trained
 from reptile_np.train import TrainConfig
-from test_train_cli import SMALL, run_cli
+from test_cli_runs import trained  # noqa: F401 (a fixture: a finished 6-iteration run)
+from test_train_cli import SMALL
+
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 REPO = Path(__file__).resolve().parents[1]
 RELEASES = sorted(path.parent for path in REPO.glob("checkpoints/*/release.json"))
@@ -30,16 +33,6 @@ TASKS = 100
 workers on two idle cores, the most a CI check should cost; the 95% half-width of 100
 tasks near 99% accuracy is about a point, narrow enough to catch another checkpoint or
 a changed evaluation."""
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_blas_thread():
-    """One BLAS thread, as the command line runs (two contend with other processes)."""
-    before = threads.blas_info()["threads"]
-    threads.set_threads(1)
-    yield
-    if before:
-        threads.set_threads(before)
 
 
 def measure(directory, protocol, tasks, cache_dir):
@@ -93,14 +86,10 @@ def tree(directory):
 
 
 @pytest.fixture(scope="module")
-def released(tmp_path_factory):
+def released(tmp_path_factory, trained):
     """A release of a 6-iteration synthetic-glyph run, made by the script (12 tasks each)."""
-    root = tmp_path_factory.mktemp("release")
-    done = run_cli("train", *SMALL, "--meta-iters", "6", "--eval-samples", "2", "--checkpoint",
-                   str(root / "run"))
-    assert done.returncode == 0, done.stderr
-    dest = root / "checkpoints" / "glyphs-3w2s"
-    made = subprocess.run([sys.executable, str(SCRIPT), str(root / "run"), str(dest),
+    dest = tmp_path_factory.mktemp("release") / "checkpoints" / "glyphs-3w2s"
+    made = subprocess.run([sys.executable, str(SCRIPT), str(trained[0]), str(dest),
                            "--eval-samples", "12", "--eval-workers", "2"], capture_output=True,
                           text=True, env=dict(os.environ, REPTILE_NP_BACKEND="numpy",
                                               PYTHONPATH=str(REPO)), timeout=300)
@@ -108,13 +97,13 @@ def released(tmp_path_factory):
     return dest
 
 
-def test_script_writes_the_release_files(released):
+def test_script_writes_the_release_files(released, trained):
     assert sorted(os.listdir(released)) == ["README.md", "checkpoint.npz", "release.json"]
     release = json.loads((released / "release.json").read_text())
     data = (released / "checkpoint.npz").read_bytes()
     assert release["sha256"] == hashlib.sha256(data).hexdigest()
     assert release["bytes"] == len(data) and release["meta_iterations"] == 6
-    assert data == (released.parent.parent / "run" / "checkpoint.npz").read_bytes()
+    assert data == (trained[0] / "checkpoint.npz").read_bytes()
     assert release["evaluation"] == {"dataset": "synthetic", "split": "test", "classes": 3,
                                      "shots": 2, "eval_batch": 3, "eval_iters": 3, "tasks": 12,
                                      "seed": 0}
