@@ -27,6 +27,13 @@ import json
 import os
 import shlex
 
+import numpy as np
+
+from .checkpoint import load_checkpoint
+from .files import atomic_path
+from .models import MODELS
+from .train import TrainConfig, checkpoint_file, make_optimizer, resume
+
 RELEASE_FILE = "release.json"
 FORMAT = 1
 PROTOCOLS = ("nontransductive", "transductive")
@@ -134,11 +141,6 @@ def load_trained(directory, flag="--checkpoint"):
             not verify, or a checkpoint that does not record its run; or the checkpoint
             is damaged (the message names the file).
     """
-    import numpy as np
-
-    from .checkpoint import load_checkpoint
-    from .models import MODELS
-    from .train import TrainConfig, checkpoint_file, make_optimizer, resume
     path = checkpoint_file(directory)
     if not os.path.isfile(path):
         raise ValueError(f"{flag} {directory} holds no {os.path.basename(path)}; pass a "
@@ -161,8 +163,7 @@ def load_trained(directory, flag="--checkpoint"):
 def training_command(metadata, checkpoint="ckpt"):
     """The ``reptile-np train`` command of a checkpoint's run: every training flag whose
     value is not its default, as `reptile_np.cli` parses them back."""
-    from .cli import CONFIG_FIELDS, IMAGE_FLAGS, RUN_DEFAULTS
-    from .train import TrainConfig
+    from .cli import CONFIG_FIELDS, IMAGE_FLAGS, RUN_DEFAULTS  # cli imports this module
     run, defaults = metadata["config"], TrainConfig()
     words = ["reptile-np", "train", "--checkpoint", checkpoint]
     # The image flags shape --dataset folder's images only (the others' are fixed).
@@ -194,7 +195,6 @@ def _number(value):
 def write_release(directory, release):
     """Write ``release.json`` and the ``README.md`` made from it into ``directory``, each
     atomically (a reader sees the old file or the new one)."""
-    from .files import atomic_path
     for name, text in ((RELEASE_FILE, json.dumps(release, indent=2) + "\n"),
                        ("README.md", release_readme(release))):
         with atomic_path(os.path.join(directory, name)) as tmp:

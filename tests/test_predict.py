@@ -24,6 +24,7 @@ from reptile_np.meta import minibatches
 from reptile_np.predict import predict
 from reptile_np.release import load_trained
 from test_cli_runs import trained  # noqa: F401 (a fixture: a finished 6-iteration run)
+from test_train_cli import run_cli
 
 Image = pytest.importorskip("PIL.Image")
 pytestmark = pytest.mark.usefixtures("one_blas_thread")
@@ -186,3 +187,50 @@ def test_a_gray_image_in_an_rgb_file_reads_as_its_grayscale(checkpoint, folders)
             image.convert("RGB").save(path)
     np.testing.assert_array_equal(predict(checkpoint, support, query).probabilities,
                                   before.probabilities)
+
+
+def test_the_rgb_network_reads_images_as_the_folder_loader_does(tmp_path):
+    """An 84x84 RGB checkpoint (the Mini-ImageNet network, trained on a folder data set):
+    predict's pixels are the folder loader's, a grayscale image is taken as RGB (the
+    Mini-ImageNet loader converts those too), a smaller image is refused. (About 8 s on a
+    busy machine: a training step and four adaptations of the 84x84 network.)"""
+    from reptile_np.data.folder import load_folder
+    from test_folder_dataset import TINY
+    tree, rng = tmp_path / "tree", np.random.default_rng(0)
+    for split in ("train", "test"):   # random RGB images of 90 x 84..90 pixels
+        for c in range(3):
+            (tree / split / f"class{c}").mkdir(parents=True)
+            for i in range(3):
+                _save(tree / split / f"class{c}" / f"{i}.png",
+                      rng.integers(0, 256, (90, 84 + 3 * i, 3), dtype=np.uint8))
+    run = tmp_path / "run"
+    done = run_cli("train", *TINY, "--data-dir", str(tree), "--image-size", "84", "--channels",
+                   "3", "--meta-iters", "1", "--eval-samples", "0", "--checkpoint", str(run),
+                   env_backend="numpy")
+    assert done.returncode == 0, done.stderr
+    support = tree / "train"
+    query = tmp_path / "query"
+    query.mkdir()
+    for index, path in enumerate(sorted((tree / "test" / "class0").iterdir())):
+        (query / f"{index}.png").write_bytes(path.read_bytes())
+    result = predict(run, support, query, seed=2)
+
+    model, theta, optimizer, config, _ = load_trained(run)
+    stored = load_folder(tree, image_size=84, channels=3, cache_dir=tmp_path / "cache")
+    support_x = to_float(stored["train"].images.reshape(-1, 3, 84, 84), theta.dtype)
+    query_x = to_float(stored["test"].images[0], theta.dtype)
+    support_y = np.repeat(np.arange(3), 3)
+    batches = minibatches(9, config.eval_batch_size, config.eval_iters, np.random.default_rng(2))
+    phi = adapt(model, theta, optimizer, support_x, support_y, batches)
+    np.testing.assert_array_equal(
+        result.probabilities, softmax(query_logits(model, phi, support_x, query_x, False)))
+
+    with Image.open(query / "0.png") as image:
+        image.convert("L").save(query / "0.png")
+    gray = predict(run, support, query, seed=2)
+    with Image.open(query / "0.png") as image:
+        image.convert("RGB").save(query / "0.png")
+    np.testing.assert_array_equal(gray.probabilities, predict(run, support, query, seed=2).probabilities)
+    _save(query / "0.png", np.zeros((84, 83, 3), np.uint8))
+    with pytest.raises(ValueError, match="is 83x84 pixels, smaller than the 84x84"):
+        predict(run, support, query)
