@@ -650,7 +650,8 @@ def _results_path(args, config):
     """Where the final accuracies go, checked before any work.
 
     The default name says the protocol (``results-5shot-transductive.json``), so evaluating
-    a checkpoint both ways keeps both. An existing file is replaced only if it holds the
+    a checkpoint both ways keeps both; it goes beside the checkpoint, or, for a released
+    one, into the current directory (`reptile_np.release.default_results_path`). An existing file is replaced only if it holds the
     same protocol's evaluation of the same ``--checkpoint`` (a newer one of the same run);
     anything else is refused rather than lost.
     """

@@ -25,10 +25,14 @@ instead of images drawn from a split:
    statistics); otherwise each query in a batch of the N*K support images plus itself.
    The probabilities are the softmax of the logits, (M, N).
 
-Refused, each with one message naming the flag: a missing checkpoint; a support folder
-without N class folders or with unequal numbers of images per class; an unreadable
-image; an image smaller than the network's input or, for a grayscale network, in colour
-(the channels would not match the network, and a silent conversion hides the mistake).
+Refused, each with one message naming the flag: a missing checkpoint, or a released one
+whose file is not the released one (`reptile_np.release.verify_release`); a support
+folder without N class folders or with unequal numbers of images per class; an
+unreadable image; an image smaller than the network's input (it would be enlarged, as no
+Omniglot or Mini-ImageNet image ever was: a thumbnail given by mistake); a colour image
+for a grayscale network (its channels do not match the network's, and converting it
+silently would hide the mistake). A grayscale image for an RGB network is taken as RGB,
+as the Mini-ImageNet loader takes the grayscale photos of ImageNet.
 """
 import argparse
 from dataclasses import dataclass

@@ -209,31 +209,31 @@ def release_readme(release):
     rows = "\n".join(
         f"| {mode[protocol]} | {100 * r['accuracy']:.2f}% ± {100 * r['ci95']:.2f} | "
         f"`{r['command']}` |" for protocol, r in release["results"].items())
+    checkpoint, sha = release["checkpoint"], release["sha256"]
     return f"""# {release['name']}
 
-`{release['checkpoint']}` ({release['bytes'] / 1e6:.1f} MB) holds θ and the inner
-optimiser's state of a reptile-np run after {release['meta_iterations']:,} meta-iterations,
-trained with
+`{checkpoint}` ({release['bytes'] / 1e6:.1f} MB) holds θ and the inner optimiser's state of a \
+reptile-np run after {release['meta_iterations']:,} meta-iterations, trained with
 
 ```bash
 {release['train_command']}
 ```
 
-SHA-256 of `{release['checkpoint']}`: `{release['sha256']}` (`reptile-np eval` and
-`reptile-np predict` check it against `{RELEASE_FILE}` before using the file).
+SHA-256 of `{checkpoint}`: `{sha}`. `reptile-np eval` and `reptile-np predict` check it \
+against `{RELEASE_FILE}` before they use the file.
 
-Accuracy on {evaluation['tasks']:,} tasks of the {evaluation['dataset']} {evaluation['split']}
-split, {evaluation['classes']}-way {evaluation['shots']}-shot, {evaluation['eval_iters']}
-adaptation steps on batches of {evaluation['eval_batch']}, evaluation seed {evaluation['seed']}
-(mean ± 95% CI):
+Accuracy on {evaluation['tasks']:,} tasks of the {evaluation['dataset']} \
+{evaluation['split']} split, {evaluation['classes']}-way {evaluation['shots']}-shot, \
+{evaluation['eval_iters']} adaptation steps on batches of {evaluation['eval_batch']}, \
+evaluation seed {evaluation['seed']} (mean ± 95% CI):
 
 | protocol | accuracy | measured again by |
 |---|---|---|
 {rows}
 
-Each command prints the train and the test split; its test row is the number above. It
-reads the data where `reptile-np fetch-data` puts it (add `--data-dir DIR` otherwise) and
-writes its results file into the current directory, never into this one.
-Classify your own images with `reptile-np predict --checkpoint <this directory> --support
-DIR --query DIR` (see the repository's README, "Use a trained model").
+Each command prints the train and the test split; its test row is the number above. It \
+reads the data where `reptile-np fetch-data` puts it (add `--data-dir DIR` otherwise) and \
+writes its results file into the current directory, never into this one. Classify your \
+own images with `reptile-np predict --checkpoint <this directory> --support DIR --query \
+DIR` (see the repository's README, "Use a trained model").
 """
