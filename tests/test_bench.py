@@ -62,7 +62,7 @@ def markdown_row(markdown, *cells):
 
 
 def test_quick_sine_bench_runs_without_torch_jax_or_threadpoolctl(tmp_path, bench):
-    # 8 sine workers and 2 ceiling workers, ~15 s on 2 busy cores: the whole harness as a
+    # 8 sine workers and 2 ceiling workers, ~25 s on 2 shared cores: the whole harness as a
     # user without the optional packages runs it, at the two thread counts of the scaling.
     proc, records, markdown = run_bench(
         tmp_path, "--workloads", "sine", "--frameworks", "numba,numpy,torch,torch-tuned,jax",
@@ -223,7 +223,7 @@ def test_workers_get_the_environment_without_blas_kernel_variables(bench):
 
 
 def test_keep_blas_env_and_busy_mode_end_to_end(tmp_path):
-    # ~8 s: two ceiling workers, a NumPy sine worker quiet and one beside the competitor.
+    # ~10 s: two ceiling workers, a NumPy sine worker quiet and one beside the competitor.
     pytest.importorskip("threadpoolctl")
     _, records, markdown = run_bench(tmp_path, "--workloads", "sine", "--frameworks", "numpy",
                                      "--threads", "1", "--keep-blas-env", "--busy",
