@@ -19,6 +19,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -40,6 +41,10 @@ PARITY_LOSS_RTOL, PARITY_GRAD_RTOL = 1e-4, 1e-3
 # implementations were measured 0.000003 to 0.095 apart after one Omniglot or Mini-ImageNet
 # meta-iteration (25 and 40 Adam steps), a twin drawing other batches about 1.
 PARITY_UPDATE_RTOL = {"sgd": 1e-4, "adam": 0.2}
+# Variables that force OpenBLAS onto a kernel and cache size other than the ones it picks for
+# this CPU (this environment sets OPENBLAS_CORETYPE=Haswell on an AVX-512 machine); run.py
+# unsets them for its workers unless --keep-blas-env, so the bench measures what users get.
+BLAS_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
 
 def emit(record):
@@ -201,13 +206,62 @@ def summary(samples):
 
 
 def blas_info():
-    """BLAS libraries and their thread counts, via threadpoolctl when installed."""
+    """BLAS libraries, their kernels and thread counts, via threadpoolctl when installed."""
     try:
         from threadpoolctl import threadpool_info
     except ImportError:
         return None
-    return [{k: pool.get(k) for k in ("internal_api", "version", "num_threads", "prefix")}
+    return [{k: pool.get(k) for k in ("internal_api", "version", "architecture", "num_threads",
+                                      "prefix", "filepath")}
             for pool in threadpool_info()]
+
+
+def openblas_kernel(pools):
+    """The OpenBLAS builds this process loaded and the kernel ("architecture") each chose,
+    with the folder it came from, e.g. "OpenBLAS 0.3.31 SkylakeX (numpy.libs)" (Numba's
+    compiled np.dot calls SciPy's, so a Numba process can hold two); unknown without
+    threadpoolctl (``pools`` None), but for NumPy's own OpenBLAS, which
+    `reptile_np.threads.blas_info` reads without it."""
+    if pools is None:
+        from reptile_np.threads import blas_info as numpy_blas_info
+        numpy_blas = numpy_blas_info()
+        if numpy_blas["library"] is None:
+            return "unknown (threadpoolctl not installed)"
+        return (f"OpenBLAS {numpy_blas['kernel']} ({Path(numpy_blas['library']).parent.name}; "
+                "threadpoolctl not installed: others unknown)")
+    found = sorted(f"OpenBLAS {p['version']} {p['architecture']} "
+                   f"({Path(p['filepath']).parent.name})"
+                   for p in pools if p["internal_api"] == "openblas")
+    return ", ".join(found) or "none loaded"
+
+
+def torch_kernels():
+    """The libraries PyTorch computes with, from its build configuration: on x86 MKL for
+    matrix products and oneDNN for convolutions, both linked into torch itself, so
+    threadpoolctl does not see them (the OpenBLAS it lists serves NumPy)."""
+    import torch
+    config = torch.__config__.show()
+    found = [f"BLAS {m.group(1)}" for m in [re.search(r"BLAS_INFO=(\w+)", config)] if m]
+    found += [f"MKL {m.group(1)}" for m in [re.search(r"Math Kernel Library Version (\S+)",
+                                                      config)] if m]
+    found += [f"oneDNN v{m.group(1)}" for m in [re.search(r"MKL-DNN v(\S+)", config)] if m]
+    found.append(f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
+    return "torch's own: " + ", ".join(found)
+
+
+def process_record(framework):
+    """What every measurement record says about the process that made it: its OpenBLAS
+    variables as it saw them (None = unset), its BLAS pools, and the kernels that ran the
+    products: the OpenBLAS kernel and, for PyTorch and JAX, the kernels of their own that
+    their layers use instead (None for ours, which calls NumPy's OpenBLAS)."""
+    pools = blas_info()
+    own = None
+    if framework in ("torch", "torch-tuned"):
+        own = torch_kernels()
+    elif framework == "jax":
+        own = "XLA's own compiled CPU kernels"
+    return {"blas_env": {name: os.environ.get(name) for name in BLAS_ENV}, "blas": pools,
+            "kernel": {"openblas": openblas_kernel(pools), "framework": own}}
 
 
 def cmd_time(args):
@@ -238,7 +292,7 @@ def cmd_time(args):
           "ms_per_inner_step": 1e3 * stats["median"] / workload.inner_steps,
           "flops_per_unit": flops, "gflop_s": flops / stats["median"] / 1e9,
           "compile_s": runner.compile_s, "parity": check, "info": runner.describe(),
-          "blas": blas_info(), "version": args.version})
+          **process_record(args.framework), "version": args.version})
 
 
 def time_sgemm(a, b, min_s=0.2, repeats=5):
@@ -265,7 +319,8 @@ def cmd_ceiling(args):
     a, b = rng.random((n, n), dtype=np.float32), rng.random((n, n), dtype=np.float32)
     seconds = time_sgemm(a, b, min_s=0.1 if args.quick else 0.3)
     record = {"kind": "ceiling", "threads": args.threads,
-              "sgemm_1024_gflop_s": 2 * n ** 3 / seconds / 1e9, "blas": blas_info()}
+              "sgemm_1024_gflop_s": 2 * n ** 3 / seconds / 1e9,
+              **process_record("numpy")}
     for name in ("omniglot", "miniimagenet"):
         shapes = workloads.im2col_shapes(workloads.WORKLOADS[name], 10)
         total_s, total_flops = 0.0, 0
