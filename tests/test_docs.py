@@ -60,3 +60,19 @@ def test_document_prints_what_it_shows(name):
         diff = "".join(difflib.unified_diff(expected.splitlines(True), printed.splitlines(True),
                                             f"{name}:{line} (shown)", f"{name}:{line} (printed)"))
         assert printed == expected, f"{name}:{line}: the block's output changed\n{diff}"
+
+
+_CITED_TEST = re.compile(r"tests/(test_\w+\.py)::(\w+)")
+
+
+def test_every_test_the_docs_cite_exists():
+    """docs/*.md name the tests that check each derivation as ``tests/file.py::test``; a
+    renamed or deleted test must not leave the docs pointing at nothing."""
+    cited = {(name, test) for path in DOCS.glob("*.md")
+             for name, test in _CITED_TEST.findall(path.read_text(encoding="utf-8"))}
+    assert len(cited) >= 30   # derivations.md alone cites more; fewer: the pattern broke
+    tests = DOCS.parent / "tests"
+    missing = [f"tests/{name}::{test}" for name, test in sorted(cited)
+               if not (tests / name).is_file()
+               or f"def {test}(" not in (tests / name).read_text(encoding="utf-8")]
+    assert not missing, f"the docs cite tests that do not exist: {missing}"
