@@ -23,6 +23,7 @@ import numpy as np
 
 from . import __version__, kernels, threads
 from .runtime import keep_freed_memory
+from . import theory
 
 DATASETS = ("omniglot", "miniimagenet", "synthetic", "folder")
 
@@ -771,6 +772,7 @@ def build_parser():
     add_train_parsers(subparsers)
     add_tool_parsers(subparsers)
     add_plot_parser(subparsers)
+    theory.add_theory_parser(subparsers)
     return parser
 
 
