@@ -46,6 +46,7 @@ import numpy as np
 from . import meta, models, optim
 from .data.sine import sine_task
 from .files import ensure_writable_dir
+from .plot import pyplot
 
 ALGORITHMS = ("reptile", "fomaml", "maml")
 
@@ -218,24 +219,9 @@ def format_report(results):
     return "\n".join(lines)
 
 
-def pyplot():
-    """matplotlib's pyplot on the file-only Agg backend.
-
-    Raises:
-        ImportError: one sentence naming the ``plot`` extra, when matplotlib is missing.
-    """
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise ImportError("the figure needs matplotlib: pip install 'reptile-np[plot]'") from None
-    return plt
-
-
 def plot_residuals(path, results):
     """The log-log figure: residual against alpha, one panel per algorithm, one colour per k."""
-    plt = pyplot()
+    plt = pyplot("the theory figure")
     figure, axes = plt.subplots(1, len(ALGORITHMS), figsize=(10, 3.5), sharey=True)
     for axis, name in zip(axes, ALGORITHMS):
         for m in results:
@@ -292,7 +278,7 @@ def add_theory_parser(subparsers):
 
 def run_theory(args):
     if args.plot:
-        pyplot()   # a missing extra or a bad directory fails before the measurement
+        pyplot("the theory figure")   # a missing extra or a bad directory fails before the measurement
         ensure_writable_dir(os.path.dirname(os.path.abspath(args.plot)), "--plot")
     results = measure(args.steps, args.alphas, args.tasks, args.inner_batch, args.seed)
     print(format_report(results))
