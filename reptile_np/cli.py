@@ -23,7 +23,7 @@ import numpy as np
 
 from . import __version__, kernels, threads
 from .runtime import keep_freed_memory
-from . import theory
+from . import experiments, theory
 
 DATASETS = ("omniglot", "miniimagenet", "synthetic", "folder")
 
@@ -773,6 +773,7 @@ def build_parser():
     add_tool_parsers(subparsers)
     add_plot_parser(subparsers)
     theory.add_theory_parser(subparsers)
+    experiments.add_experiment_parser(subparsers)
     return parser
 
 

@@ -242,7 +242,9 @@ def plot_residuals(path, results):
 
 # --------------------------------------------------------------------------- command line
 
-def _numbers(kind, minimum):
+def comma_separated(kind, minimum):
+    """An argparse type for comma-separated numbers of ``kind`` (int or float), each finite
+    and at least ``minimum``; returns a tuple."""
     def parse(text):
         try:
             values = tuple(kind(v) for v in text.split(","))
@@ -264,9 +266,10 @@ def add_theory_parser(subparsers):
                     "orders of k disjoint batches) and their expansions k·AvgGrad − "
                     "b·α·AvgGradInner (exact Hessian-vector products), and print the "
                     "residual for each α with its fitted log-log slope (2 expected).")
-    parser.add_argument("--steps", type=_numbers(int, 1), default=DEFAULT_STEPS,
+    parser.add_argument("--steps", type=comma_separated(int, 1), default=",".join(map(str, DEFAULT_STEPS)),
                         help="comma-separated k values (batches per task)")
-    parser.add_argument("--alphas", type=_numbers(float, 1e-12), default=DEFAULT_ALPHAS,
+    parser.add_argument("--alphas", type=comma_separated(float, 1e-12),
+                        default=",".join(f"{a:g}" for a in DEFAULT_ALPHAS),
                         help="comma-separated inner step sizes α")
     parser.add_argument("--tasks", type=int, default=4, help="sine tasks averaged over")
     parser.add_argument("--inner-batch", type=int, default=10,

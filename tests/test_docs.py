@@ -1,5 +1,5 @@
-"""docs/walkthrough.md, docs/pitfalls.md and docs/theory.md run, and print exactly what
-they show.
+"""docs/walkthrough.md, docs/pitfalls.md, docs/theory.md and docs/geometry.md run, and print
+exactly what they show.
 
 The convention the documents follow:
 
@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-DOCUMENTS = {"walkthrough.md": 8, "pitfalls.md": 8, "theory.md": 1}
+DOCUMENTS = {"walkthrough.md": 8, "pitfalls.md": 8, "theory.md": 1, "geometry.md": 1}
 """Each executed document and the fewest python blocks it has (fewer: the pattern broke)."""
 _BLOCK = re.compile(r"^```python\n(?P<code>.*?)^```\n(?:[ \t]*\n)*(?:^```text\n(?P<out>.*?)^```$)?",
                     flags=re.MULTILINE | re.DOTALL)
