@@ -3,17 +3,160 @@
 * ``geometry`` -- section 5.2's picture on a plane (`reptile_np.geometry`): the
   trajectories of Reptile, FOMAML, MAML and joint training among tasks whose solution
   sets are lines and a circle, and Reptile's end against the point closest to them all.
+* ``gradient-combinations`` -- section 6.2 (paper notes §4.3): 5-shot 5-way Omniglot, inner
+  SGD on k = 1..4 disjoint batches of 25, and the outer update a weighted sum of the inner
+  steps (`meta.combination_step`, the ``--step-weights`` of ``train``): g1, g2, g3, g4 alone
+  (g1 is joint training, g_k FOMAML), the sums g1+...+gk (Reptile) and their averages.
+* ``overlap`` -- section 6.3: 5-shot 5-way Omniglot with the paper's Adam settings, k = 5
+  inner steps on batches of b of the 50 training examples; as b grows the batches cycle
+  through the examples, so the last batch overlaps the earlier ones. Reptile, FOMAML with
+  the last batch drawn like the others ("shared tail") and FOMAML with a set-aside last
+  batch ("separate tail", ``--foml-tail 5``).
+
+The two training experiments run `train.meta_train` once per setting with the paper's
+logging metric (one train and one test task every ``eval_interval`` iterations), draw its
+test-accuracy learning curves as running means (`plot.running_mean`) and finish each run
+with a test-split evaluation of ``--eval-samples`` tasks.
 """
 import argparse
+import dataclasses
+import json
 import os
+import sys
+import time
+from typing import NamedTuple
 
 import numpy as np
 
-from . import geometry
+from . import geometry, models
+from .evaluate import evaluate_splits
 from .files import ensure_writable_dir
-from .plot import pyplot
+from .plot import pyplot, read_log, running_mean
 from .theory import comma_separated
+from .train import TrainConfig, make_optimizer, meta_train
 
+EXPERIMENTS = ("geometry", "gradient-combinations", "overlap")
+
+
+class Setting(NamedTuple):
+    """One training run of an experiment: its label, figure panel and configuration."""
+    label: str
+    panel: str
+    config: TrainConfig
+
+
+def gradient_combination_settings(meta_iters, seed=0):
+    """Section 6.2's ten runs (paper notes §4.3): for each k, the step weights of g_k alone,
+    of g1+...+gk and of their average, with --sgd, batches of 25 and --train-shots 5k (the k
+    batches are disjoint), meta-batch 1, outer step 0.25 annealed to 0."""
+    settings = []
+    for k in range(1, 5):
+        names = "+".join(f"g{i}" for i in range(1, k + 1))
+        combos = [(f"g{k}" + (" (FOMAML)" if k > 1 else " (joint training)"),
+                   (0.0,) * (k - 1) + (1.0,))]
+        if k > 1:
+            combos += [(f"{names} (Reptile)", (1.0,) * k), (f"({names})/{k}", (1.0 / k,) * k)]
+        for label, weights in combos:
+            settings.append(Setting(label, f"k = {k}", TrainConfig(
+                num_classes=5, num_shots=5, train_shots=5 * k, inner_batch_size=25,
+                inner_iters=k, learning_rate=0.003, meta_step_size=0.25,
+                meta_step_size_final=0.0, meta_batch_size=1, meta_iters=meta_iters,
+                eval_batch_size=25, eval_iters=5, eval_interval=1, sgd=True,
+                step_weights=weights, seed=seed)))
+    return settings
+
+
+def overlap_settings(meta_iters, inner_batches=(10, 20, 30, 50), seed=0):
+    """Section 6.3's runs: for each inner batch size b, Reptile and FOMAML with a shared and
+    with a separate tail, on the paper's Omniglot 5-shot 5-way command (Adam, lr 0.001,
+    k = 5, --train-shots 10, meta-batch 5, outer step 1 annealed to 0)."""
+    settings = []
+    for batch in inner_batches:
+        for label, foml, tail in (("Reptile", False, None), ("FOMAML, shared tail", True, None),
+                                  ("FOMAML, separate tail", True, 5)):
+            settings.append(Setting(label, f"inner batch {batch}", TrainConfig(
+                num_classes=5, num_shots=5, train_shots=10, inner_batch_size=batch,
+                inner_iters=5, learning_rate=0.001, meta_step_size=1.0,
+                meta_step_size_final=0.0, meta_batch_size=5, meta_iters=meta_iters,
+                eval_batch_size=5, eval_iters=50, eval_interval=10, foml=foml, foml_tail=tail,
+                seed=seed)))
+    return settings
+
+
+def train_settings(settings, splits, log_dir, eval_samples, progress_stream=None):
+    """Meta-train every setting from the same initialisation, logging to ``log_dir``.
+
+    Returns:
+        One dict per setting: ``label``, ``panel``, ``log`` (its path), ``seconds`` (wall
+        time of the training), ``test`` (`evaluate.evaluate_splits`' result on the test
+        split, None with ``eval_samples`` 0) and ``config``.
+    """
+    results = []
+    for index, setting in enumerate(settings):
+        model = models.omniglot_cnn(setting.config.num_classes)
+        theta = model.init(np.random.default_rng(setting.config.seed), np.float32)
+        optimizer = make_optimizer(setting.config, model.num_params, np.float32)
+        log = os.path.join(log_dir, f"run{index:02d}.jsonl")
+        if os.path.exists(log):
+            os.remove(log)   # a rerun's log, not records appended to an older run's
+        if progress_stream is not None:
+            print(f"[{index + 1}/{len(settings)}] {setting.panel}: {setting.label}",
+                  file=progress_stream)
+        start = time.perf_counter()
+        theta = meta_train(model, theta, optimizer, splits, setting.config, log_path=log,
+                           progress_stream=progress_stream)
+        seconds = time.perf_counter() - start
+        test = (evaluate_splits(model, theta, optimizer, {"test": splits["test"]},
+                                setting.config, eval_samples)["test"] if eval_samples else None)
+        results.append({"label": setting.label, "panel": setting.panel, "log": log,
+                        "seconds": seconds, "test": test,
+                        "config": dataclasses.asdict(setting.config)})
+    return results
+
+
+def last_mean(log, field="test_accuracy", window=500):
+    """The mean of a log's last ``window`` values of ``field`` (None when it has none)."""
+    values = read_log(log)[field][1]
+    return float(np.mean(values[-window:])) if len(values) else None
+
+
+def format_table(results, window=500):
+    """Each run's panel, label, wall time, mean logged test accuracy over its last
+    ``window`` evaluations and final test accuracy, as text."""
+    header = (f"{'panel':<16}{'run':<26}{'minutes':>8}{f'last {window} logged':>18}"
+              f"{'test accuracy':>20}")
+    lines = [header, "-" * len(header)]
+    for r in results:
+        logged = last_mean(r["log"], window=window)
+        test = ("" if r["test"] is None else
+                f"{100 * r['test']['accuracy']:.2f}% ± {100 * r['test']['ci95']:.2f}")
+        lines.append(f"{r['panel']:<16}{r['label']:<26}{r['seconds'] / 60:>8.1f}"
+                     f"{'n/a' if logged is None else f'{100 * logged:.2f}%':>18}{test:>20}")
+    return "\n".join(lines)
+
+
+def plot_learning_curves(path, results, title, smooth=100):
+    """One panel per ``panel`` value: each run's logged test accuracy, a running mean."""
+    plt = pyplot("the experiment's figure")
+    panels = list(dict.fromkeys(r["panel"] for r in results))
+    figure, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.6), sharey=True,
+                                squeeze=False)
+    for axis, panel in zip(axes[0], panels):
+        for r in (r for r in results if r["panel"] == panel):
+            iterations, values = read_log(r["log"])["test_accuracy"]
+            style = "--" if r["label"].startswith("(") else "-"
+            axis.plot(iterations, running_mean(values, smooth), style, label=r["label"])
+        axis.set_title(panel, fontsize=10)
+        axis.set_xlabel("meta-iteration")
+        axis.legend(fontsize=7, loc="lower right")
+    axes[0][0].set_ylabel(f"test accuracy, one task each, mean of {smooth}")
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+# --------------------------------------------------------------------------- command line
 
 def _positive_int(text):
     try:
@@ -22,6 +165,16 @@ def _positive_int(text):
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _count(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer of at least 0, got {text!r}")
     return value
 
 
@@ -36,40 +189,100 @@ def _positive_number(text):
 
 
 def add_experiment_parser(subparsers):
+    from .cli import add_threads_flag
     parser = subparsers.add_parser(
         "experiment", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         help="regenerate one of the paper's pictures or experiments as a figure and a table",
         description="geometry: section 5.2's picture, Reptile/FOMAML/MAML/joint-training "
                     "trajectories on a plane where each task's solutions are a line or a "
-                    "circle; prints where each ends against the point closest to all the "
-                    "solution sets, and Reptile's distance to it for k = 1 ... 40.")
-    parser.add_argument("name", choices=("geometry",), help="which experiment")
-    parser.add_argument("--out", default="geometry.png", help="the figure to write")
-    parser.add_argument("--inner-iters", type=_positive_int, default=10,
-                        help="inner batches k of the trajectories (Reptile: k SGD steps)")
-    parser.add_argument("--meta-iters", type=_positive_int, default=2000,
-                        help="outer iterations of each trajectory (panel b's Reptile runs: 300)")
-    parser.add_argument("--steps", type=comma_separated(int, 1), default="1,2,5,10,20,40",
-                        help="the k values of panel (b): Reptile's end against its inner steps")
-    parser.add_argument("--learning-rate", type=_positive_number, default=0.2,
-                        help="inner SGD step size")
-    parser.add_argument("--meta-step", type=_positive_number, default=0.5,
-                        help="outer step size epsilon")
+                    "circle. gradient-combinations: section 6.2, the outer update as g1, g2, "
+                    "..., their sums and averages, on 5-shot 5-way Omniglot. overlap: section "
+                    "6.3, Reptile and shared- and separate-tail FOMAML as the inner batches "
+                    "overlap. Each prints a table and writes a figure (--out).")
+    parser.add_argument("name", choices=EXPERIMENTS, help="which experiment")
+    parser.add_argument("--out", default=None,
+                        help="the figure to write (default: <name>.png); the training "
+                             "experiments also write <out without suffix>.json (the table) "
+                             "and their logs in <out without suffix>-logs/")
+    parser.add_argument("--meta-iters", type=_positive_int, default=None,
+                        help="outer iterations of each run (default: geometry 2000, "
+                             "gradient-combinations 40000 as the paper, overlap 100000 as "
+                             "the paper); cut it to run shorter")
+    geometry_flags = parser.add_argument_group("geometry")
+    geometry_flags.add_argument("--inner-iters", type=_positive_int, default=10,
+                                help="inner batches k of the trajectories (Reptile: k SGD steps)")
+    geometry_flags.add_argument("--steps", type=comma_separated(int, 1), default="1,2,5,10,20,40",
+                                help="the k values of panel (b): Reptile's end against its "
+                                     "inner steps (300 meta-iterations each)")
+    geometry_flags.add_argument("--learning-rate", type=_positive_number, default=0.2,
+                                help="inner SGD step size")
+    geometry_flags.add_argument("--meta-step", type=_positive_number, default=0.5,
+                                help="outer step size epsilon")
+    training = parser.add_argument_group("gradient-combinations and overlap")
+    training.add_argument("--dataset", choices=("omniglot", "synthetic"), default="omniglot",
+                          help="synthetic: procedurally drawn glyphs, no download (for trying "
+                               "the command out; its numbers mean nothing)")
+    training.add_argument("--data-dir", default=None,
+                          help="the Omniglot directory (default: as reptile-np train's)")
+    training.add_argument("--inner-batches", type=comma_separated(int, 1), default="10,20,30,50",
+                          help="overlap: the inner batch sizes b (k = 5 of the 50 examples)")
+    training.add_argument("--eval-samples", type=_count, default=100,
+                          help="test tasks each run is evaluated on at its end (0: none)")
+    training.add_argument("--smooth", type=_positive_int, default=100,
+                          help="points per running mean of the learning curves")
+    training.add_argument("--seed", type=int, default=0, help="random seed")
+    add_threads_flag(training)
     parser.set_defaults(run=run_experiment)
 
 
+DEFAULT_META_ITERS = {"geometry": 2000, "gradient-combinations": 40000, "overlap": 100000}
+
+
 def run_experiment(args):
+    out = args.out or f"{args.name}.png"
     pyplot(f"reptile-np experiment {args.name}")   # a missing extra fails before any work
-    if os.path.isdir(args.out):
-        raise ValueError(f"--out {args.out} is a directory; give a file name.")
-    ensure_writable_dir(os.path.dirname(os.path.abspath(args.out)), "--out")
+    if os.path.isdir(out):
+        raise ValueError(f"--out {out} is a directory; give a file name.")
+    ensure_writable_dir(os.path.dirname(os.path.abspath(out)), "--out")
+    meta_iters = args.meta_iters or DEFAULT_META_ITERS[args.name]
+    if args.name == "geometry":
+        return _run_geometry(args, out, meta_iters)
+    from .cli import load_splits
+    if args.name == "gradient-combinations":
+        settings = gradient_combination_settings(meta_iters, args.seed)
+        title = ("Section 6.2: 5-shot 5-way, inner SGD on k disjoint batches of 25; "
+                 "the outer update a combination of the inner gradients g_i")
+    else:
+        settings = overlap_settings(meta_iters, args.inner_batches, args.seed)
+        title = ("Section 6.3: 5-shot 5-way, 5 inner Adam steps on batches of b of 50 "
+                 "examples (b > 10: the last batch overlaps the earlier ones)")
+    stem = os.path.splitext(out)[0]
+    log_dir = f"{stem}-logs"
+    ensure_writable_dir(log_dir, "--out")
+    splits = load_splits(args.dataset, args.data_dir, "paper", args.seed)
+    start = time.perf_counter()
+    results = train_settings(settings, splits, log_dir, args.eval_samples, sys.stderr)
+    window = min(500, meta_iters // settings[0].config.eval_interval)
+    print(f"{args.name} on {args.dataset}, meta-iterations per run: {meta_iters}, "
+          f"{(time.perf_counter() - start) / 60:.1f} minutes in all\n")
+    print(format_table(results, window))
+    with open(f"{stem}.json", "w", encoding="utf-8") as file:
+        json.dump({"experiment": args.name, "dataset": args.dataset, "meta_iters": meta_iters,
+                   "runs": [{**r, "last_logged_test_accuracy": last_mean(r["log"], window=window)}
+                            for r in results]}, file, indent=2)
+    plot_learning_curves(out, results, title, args.smooth)
+    print(f"\ntable written to {stem}.json, figure to {out}, logs in {log_dir}/")
+    return 0
+
+
+def _run_geometry(args, out, meta_iters):
     settings = dict(lr=args.learning_rate, epsilon=args.meta_step)
     sets = geometry.DEFAULT_SETS
     star, star_total = geometry.closest_point(sets)
-    paths = geometry.trajectories(sets, inner_iters=args.inner_iters, meta_iters=args.meta_iters,
+    paths = geometry.trajectories(sets, inner_iters=args.inner_iters, meta_iters=meta_iters,
                                   **settings)
     sweep = geometry.reptile_by_steps(sets, args.steps, **settings)
     print(geometry.format_report(sets, star, star_total, paths, sweep))
-    geometry.plot_geometry(args.out, sets, star, paths, sweep)
-    print(f"figure written to {args.out}")
+    geometry.plot_geometry(out, sets, star, paths, sweep)
+    print(f"figure written to {out}")
     return 0
