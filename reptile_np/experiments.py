@@ -29,10 +29,10 @@ from typing import NamedTuple
 import numpy as np
 
 from . import geometry, models
+from .argtypes import number, numbers
 from .evaluate import evaluate_splits
 from .files import ensure_writable_dir
-from .plot import pyplot, read_log, running_mean
-from .theory import comma_separated
+from .plot import pyplot, read_log, running_mean, save_figure
 from .train import TrainConfig, make_optimizer, meta_train
 
 EXPERIMENTS = ("geometry", "gradient-combinations", "overlap")
@@ -151,42 +151,10 @@ def plot_learning_curves(path, results, title, smooth=100):
         axis.legend(fontsize=7, loc="lower right")
     axes[0][0].set_ylabel(f"test accuracy, one task each, mean of {smooth}")
     figure.suptitle(title, fontsize=10)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 # --------------------------------------------------------------------------- command line
-
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _count(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer of at least 0, got {text!r}")
-    return value
-
-
-def _positive_number(text):
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not np.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
-    return value
-
 
 def add_experiment_parser(subparsers):
     from .cli import add_threads_flag
@@ -204,19 +172,19 @@ def add_experiment_parser(subparsers):
                         help="the figure to write (default: <name>.png); the training "
                              "experiments also write <out without suffix>.json (the table) "
                              "and their logs in <out without suffix>-logs/")
-    parser.add_argument("--meta-iters", type=_positive_int, default=None,
+    parser.add_argument("--meta-iters", type=number(int, 1), default=None,
                         help="outer iterations of each run (default: geometry 2000, "
                              "gradient-combinations 40000 as the paper, overlap 100000 as "
                              "the paper); cut it to run shorter")
     geometry_flags = parser.add_argument_group("geometry")
-    geometry_flags.add_argument("--inner-iters", type=_positive_int, default=10,
+    geometry_flags.add_argument("--inner-iters", type=number(int, 1), default=10,
                                 help="inner batches k of the trajectories (Reptile: k SGD steps)")
-    geometry_flags.add_argument("--steps", type=comma_separated(int, 1), default="1,2,5,10,20,40",
+    geometry_flags.add_argument("--steps", type=numbers(int, 1), default="1,2,5,10,20,40",
                                 help="the k values of panel (b): Reptile's end against its "
                                      "inner steps (300 meta-iterations each)")
-    geometry_flags.add_argument("--learning-rate", type=_positive_number, default=0.2,
+    geometry_flags.add_argument("--learning-rate", type=number(float, 0, strict=True), default=0.2,
                                 help="inner SGD step size")
-    geometry_flags.add_argument("--meta-step", type=_positive_number, default=0.5,
+    geometry_flags.add_argument("--meta-step", type=number(float, 0, strict=True), default=0.5,
                                 help="outer step size epsilon")
     training = parser.add_argument_group("gradient-combinations and overlap")
     training.add_argument("--dataset", choices=("omniglot", "synthetic"), default="omniglot",
@@ -224,11 +192,11 @@ def add_experiment_parser(subparsers):
                                "the command out; its numbers mean nothing)")
     training.add_argument("--data-dir", default=None,
                           help="the Omniglot directory (default: as reptile-np train's)")
-    training.add_argument("--inner-batches", type=comma_separated(int, 1), default="10,20,30,50",
+    training.add_argument("--inner-batches", type=numbers(int, 1), default="10,20,30,50",
                           help="overlap: the inner batch sizes b (k = 5 of the 50 examples)")
-    training.add_argument("--eval-samples", type=_count, default=100,
+    training.add_argument("--eval-samples", type=number(int, 0), default=100,
                           help="test tasks each run is evaluated on at its end (0: none)")
-    training.add_argument("--smooth", type=_positive_int, default=100,
+    training.add_argument("--smooth", type=number(int, 1), default=100,
                           help="points per running mean of the learning curves")
     training.add_argument("--seed", type=int, default=0, help="random seed")
     add_threads_flag(training)

@@ -30,7 +30,7 @@ import numpy as np
 
 from . import meta, optim
 from .params import ParameterLayout
-from .plot import pyplot
+from .plot import pyplot, save_figure
 
 KINDS = ("line", "circle")
 
@@ -265,6 +265,4 @@ def plot_geometry(path, sets, star, paths, sweep, half_width=4.5):
     sweep_axis.set_xlabel("inner steps k (k = 1: joint training)")
     sweep_axis.set_ylabel("|Reptile's end − ★|")
     sweep_axis.set_title("(b) Reptile ends at ★ as the inner loop converges", fontsize=10)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    save_figure(figure, path)

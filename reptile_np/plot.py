@@ -39,6 +39,15 @@ def pyplot(what):
     return plt
 
 
+def save_figure(figure, path):
+    """Lay ``figure`` out, write it to ``path`` at `DPI` (its suffix picks the format), and
+    free it (pyplot keeps every open figure otherwise)."""
+    import matplotlib.pyplot as plt
+    figure.tight_layout()
+    figure.savefig(path, dpi=DPI)
+    plt.close(figure)
+
+
 def running_mean(values, window):
     """The trailing running mean: point i is the mean of ``values[max(0, i - window + 1):i + 1]``.
 
@@ -171,6 +180,4 @@ def plot_curves(out, logs, smooth=100):
         else:
             axis.text(0.5, 0.5, f"no {what} in these logs", transform=axis.transAxes,
                       ha="center", va="center")
-    figure.tight_layout()
-    figure.savefig(out, dpi=DPI)
-    plt.close(figure)
+    save_figure(figure, out)

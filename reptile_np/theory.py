@@ -37,16 +37,16 @@ accidentally exact. ``reptile-np theory`` prints it and draws the log-log figure
 """
 import argparse
 import itertools
-import math
 import os
 from typing import NamedTuple
 
 import numpy as np
 
 from . import meta, models, optim
+from .argtypes import numbers
 from .data.sine import sine_task
 from .files import ensure_writable_dir
-from .plot import pyplot
+from .plot import pyplot, save_figure
 
 ALGORITHMS = ("reptile", "fomaml", "maml")
 
@@ -235,27 +235,10 @@ def plot_residuals(path, results):
         axis.set_xlabel("inner step α")
     axes[0].set_ylabel("residual norm")
     axes[0].legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 # --------------------------------------------------------------------------- command line
-
-def comma_separated(kind, minimum):
-    """An argparse type for comma-separated numbers of ``kind`` (int or float), each finite
-    and at least ``minimum``; returns a tuple."""
-    def parse(text):
-        try:
-            values = tuple(kind(v) for v in text.split(","))
-        except ValueError:
-            values = ()
-        if not values or not all(math.isfinite(v) and v >= minimum for v in values):
-            raise argparse.ArgumentTypeError(
-                f"expected comma-separated numbers of at least {minimum:g}, got {text!r}")
-        return values
-    return parse
-
 
 def add_theory_parser(subparsers):
     parser = subparsers.add_parser(
@@ -266,9 +249,9 @@ def add_theory_parser(subparsers):
                     "orders of k disjoint batches) and their expansions k·AvgGrad − "
                     "b·α·AvgGradInner (exact Hessian-vector products), and print the "
                     "residual for each α with its fitted log-log slope (2 expected).")
-    parser.add_argument("--steps", type=comma_separated(int, 1), default=",".join(map(str, DEFAULT_STEPS)),
+    parser.add_argument("--steps", type=numbers(int, 1), default=",".join(map(str, DEFAULT_STEPS)),
                         help="comma-separated k values (batches per task)")
-    parser.add_argument("--alphas", type=comma_separated(float, 1e-12),
+    parser.add_argument("--alphas", type=numbers(float, 0, strict=True),
                         default=",".join(f"{a:g}" for a in DEFAULT_ALPHAS),
                         help="comma-separated inner step sizes α")
     parser.add_argument("--tasks", type=int, default=4, help="sine tasks averaged over")
