@@ -25,9 +25,10 @@ each of the k (k - 1) pairs, which gives FOMAML's k - 1, and MAML's product adds
 again). The expectation here is exact: the mean over all orders of a fixed set of
 batches, of a fixed set of tasks. So the residual |exact - expansion| must shrink as
 alpha^2: a log-log slope of 2. Dropping the AvgGradInner term leaves an O(alpha)
-residual, slope 1. The paper's "to leading order O(alpha^2)" counts powers of alpha in
-the parameter change phi - theta = -alpha g, whose residual is alpha times this one
-(slope 3); docs/theory.md says more.
+residual, slope 1; adding the alpha^2 term (`second_order_terms`, with the loss's third
+derivatives) leaves O(alpha^3), slope 3. The paper's "to leading order O(alpha^2)" counts
+powers of alpha in the parameter change phi - theta = -alpha g, whose residual is alpha
+times the gradient form's; docs/theory.md says more.
 
 `measure` computes every exact update (inner SGD by `meta.inner_loop`, MAML by
 `meta.maml_gradient`, which uses exact Hessian-vector products) and every term (exact
@@ -96,6 +97,23 @@ def make_problem(steps, num_tasks=4, inner_batch=10, seed=0):
     return Problem(model, theta, tasks)
 
 
+class SummingSGD(optim.SGD):
+    """SGD that also adds up the gradients it steps along, in ``total``.
+
+    Under SGD the Reptile update (theta - phi) / alpha is exactly g_1 + ... + g_k; summing
+    the g_i gives it without the cancellation of theta - phi, which at alpha = 1e-4 would
+    cost the last four of float64's sixteen digits -- digits the alpha^3 remainder needs.
+    """
+
+    def __init__(self, lr, like):
+        super().__init__(lr)
+        self.total = np.zeros_like(like)
+
+    def step(self, params, grad):
+        self.total += grad
+        super().step(params, grad)
+
+
 def exact_updates(problem, alpha):
     """The three updates in gradient form, averaged over tasks and all orders of their batches.
 
@@ -108,8 +126,9 @@ def exact_updates(problem, alpha):
     for x, y, batches in problem.tasks:
         for order in itertools.permutations(batches):
             order = list(order)
-            phi = meta.inner_loop(model, theta, x, y, order, optim.SGD(alpha), REDUCTION)
-            totals["reptile"] += (theta - phi) / alpha
+            summing = SummingSGD(alpha, theta)
+            meta.inner_loop(model, theta, x, y, order, summing, REDUCTION)
+            totals["reptile"] += summing.total
             g_maml, g_fomaml = meta.maml_gradient(model, theta, x, y, order, alpha, REDUCTION)
             totals["fomaml"] += g_fomaml
             totals["maml"] += g_maml
@@ -135,6 +154,69 @@ def expansion_terms(problem):
     return avg_grad / len(problem.tasks), avg_grad_inner / len(problem.tasks)
 
 
+THIRD_DERIVATIVE_STEP = 1e-4
+"""The step (relative to |a|) of the central difference of exact Hessian-vector products
+that gives third-derivative contractions: its error, O(step^2) ~ 1e-8 relative, enters the
+alpha^2 term, far below the O(alpha^3) remainder that is measured."""
+
+
+def second_order_terms(problem):
+    """The alpha^2 coefficient of each update, averaged over tasks and batch orders.
+
+    With s_i = sum_{j<i} gbar_j, q_i = sum_{j<i} Hbar_j s_j and T_i[a, b] the third
+    derivative of L_i at theta contracted with a and b (how Hbar_i b changes along a), the
+    inner steps give phi_i - theta = -alpha s_i + alpha^2 q_i + O(alpha^3), so
+
+        g_i      = gbar_i - alpha Hbar_i s_i + alpha^2 X_i + O(alpha^3),
+                   X_i = Hbar_i q_i + 1/2 T_i[s_i, s_i]
+        Reptile:  sum_i X_i;   FOMAML: X_k
+        MAML:     X_k + sum_{j<k} (T_j[s_j, gbar_k] + Hbar_j Hbar_k s_k)
+                      + sum_{j<l<k} Hbar_j Hbar_l gbar_k
+
+    (MAML's product of (I - alpha L_j''(phi_j)) with L_j''(phi_j) = Hbar_j - alpha T_j[s_j]
+    + O(alpha^2)). T_i[a, b] is a central difference of exact Hessian-vector products along
+    a (`THIRD_DERIVATIVE_STEP`); everything else is exact.
+
+    Returns:
+        ``{algorithm: flat vector}`` for `ALGORITHMS`.
+    """
+    model, theta = problem.model, problem.theta
+    totals = {name: np.zeros_like(theta) for name in ALGORITHMS}
+    count = 0
+    for x, y, batches in problem.tasks:
+        def hvp(index, vector, at=theta):
+            batch = batches[index]
+            return meta.hessian_vector_product(model, at, x[batch], y[batch], vector, REDUCTION)
+
+        def third(index, a, b):
+            norm = np.linalg.norm(a)
+            if norm == 0:
+                return np.zeros_like(theta)
+            h = THIRD_DERIVATIVE_STEP / norm
+            return (hvp(index, b, theta + h * a) - hvp(index, b, theta - h * a)) / (2 * h)
+
+        grads = [model.loss_and_grad(theta, x[b], y[b], REDUCTION)[1] for b in batches]
+        for order in itertools.permutations(range(len(batches))):
+            k = len(order)
+            s, q, x_terms = [np.zeros_like(theta)], [np.zeros_like(theta)], []
+            for position, index in enumerate(order):
+                x_terms.append(hvp(index, q[-1]) + third(index, s[-1], s[-1]) / 2)
+                q.append(q[-1] + hvp(index, s[-1]))
+                s.append(s[-1] + grads[index])
+            last = order[-1]
+            totals["reptile"] += sum(x_terms)
+            totals["fomaml"] += x_terms[-1]
+            maml = x_terms[-1].copy()
+            h_last_s = hvp(last, s[k - 1])
+            for j in range(k - 1):
+                maml += third(order[j], s[j], grads[last]) + hvp(order[j], h_last_s)
+                for l in range(j + 1, k - 1):
+                    maml += hvp(order[j], hvp(order[l], grads[last]))
+            totals["maml"] += maml
+            count += 1
+    return {name: total / count for name, total in totals.items()}
+
+
 def expansion(avg_grad, avg_grad_inner, steps, alpha, with_inner=True):
     """The expected updates to first order in alpha (``with_inner=False``: only the
     AvgGrad term, the zeroth order).
@@ -156,9 +238,9 @@ class Measurement(NamedTuple):
     avg_grad_norm: float
     avg_grad_inner_norm: float
     alphas: tuple
-    residuals: dict          # {algorithm: [|exact - expansion| per alpha]}
+    residuals: dict          # {algorithm: [|exact - first-order expansion| per alpha]}
     zeroth_residuals: dict   # {algorithm: [|exact - AvgGrad term| per alpha]}
-    update_norms: dict       # {algorithm: [|exact| per alpha]}
+    second_residuals: dict   # {algorithm: [|exact - expansion with the alpha^2 term| per alpha]}
 
 
 def log_log_slope(alphas, values):
@@ -167,7 +249,8 @@ def log_log_slope(alphas, values):
 
 
 def measure(steps=DEFAULT_STEPS, alphas=DEFAULT_ALPHAS, num_tasks=4, inner_batch=10, seed=0):
-    """The residual of each algorithm's expansion, for every k in ``steps`` and alpha.
+    """The residual of each algorithm's expansion, for every k in ``steps`` and alpha:
+    to zeroth, first (the paper's) and second order in alpha.
 
     Returns:
         A list of `Measurement`, one per k.
@@ -176,20 +259,19 @@ def measure(steps=DEFAULT_STEPS, alphas=DEFAULT_ALPHAS, num_tasks=4, inner_batch
     for k in steps:
         problem = make_problem(k, num_tasks, inner_batch, seed)
         avg_grad, avg_grad_inner = expansion_terms(problem)
-        residuals = {name: [] for name in ALGORITHMS}
-        zeroth = {name: [] for name in ALGORITHMS}
-        norms = {name: [] for name in ALGORITHMS}
+        second = second_order_terms(problem)
+        residuals = {order: {name: [] for name in ALGORITHMS} for order in range(3)}
         for alpha in alphas:
             exact = exact_updates(problem, alpha)
             first = expansion(avg_grad, avg_grad_inner, k, alpha)
-            only_grad = expansion(avg_grad, avg_grad_inner, k, alpha, with_inner=False)
-            for name in ALGORITHMS:
-                residuals[name].append(float(np.linalg.norm(exact[name] - first[name])))
-                zeroth[name].append(float(np.linalg.norm(exact[name] - only_grad[name])))
-                norms[name].append(float(np.linalg.norm(exact[name])))
+            expansions = (expansion(avg_grad, avg_grad_inner, k, alpha, with_inner=False), first,
+                          {name: first[name] + alpha * alpha * second[name] for name in ALGORITHMS})
+            for order, expanded in enumerate(expansions):
+                for name in ALGORITHMS:
+                    residuals[order][name].append(float(np.linalg.norm(exact[name] - expanded[name])))
         results.append(Measurement(k, float(np.linalg.norm(avg_grad)),
                                    float(np.linalg.norm(avg_grad_inner)), tuple(alphas),
-                                   residuals, zeroth, norms))
+                                   residuals[1], residuals[0], residuals[2]))
     return results
 
 
@@ -201,40 +283,54 @@ def format_report(results):
                      f"|AvgGradInner| = {m.avg_grad_inner_norm:.4g}; expected updates "
                      + ", ".join(f"{name} {a(m.steps):g}·AvgGrad − {b(m.steps):g}·α·AvgGradInner"
                                  for name, (a, b) in EXPANSION_COEFFICIENTS.items()))
-        header = f"{'alpha':>8}" + "".join(f"{name + ' |g|':>14}{'residual':>11}"
-                                           for name in ALGORITHMS)
+        header = f"{'alpha':>9}" + "".join(f"{name + ' 1st':>13}{'2nd':>10}" for name in ALGORITHMS)
         lines += [header, "-" * len(header)]
         for index, alpha in enumerate(m.alphas):
-            lines.append(f"{alpha:>8.0e}" + "".join(
-                f"{m.update_norms[name][index]:>14.5g}{m.residuals[name][index]:>11.3e}"
+            lines.append(f"{alpha:>9.0e}" + "".join(
+                f"{m.residuals[name][index]:>13.3e}{m.second_residuals[name][index]:>10.3e}"
                 for name in ALGORITHMS))
-        lines.append(f"{'slope':>8}" + "".join(
-            f"{'':>14}{log_log_slope(m.alphas, m.residuals[name]):>11.3f}" for name in ALGORITHMS))
-        lines.append(f"{'no α term':>8}" + "".join(
-            f"{'':>14}{log_log_slope(m.alphas, m.zeroth_residuals[name]):>11.3f}"
+        lines.append(f"{'slope':>9}" + "".join(
+            f"{log_log_slope(m.alphas, m.residuals[name]):>13.3f}"
+            f"{log_log_slope(m.alphas, m.second_residuals[name]):>10.3f}" for name in ALGORITHMS))
+        lines.append(f"{'no α term':>9}" + "".join(
+            f"{log_log_slope(m.alphas, m.zeroth_residuals[name]):>13.3f}{'':>10}"
             for name in ALGORITHMS))
         lines.append("")
-    lines.append("residual = |exact update − (a·AvgGrad − b·α·AvgGradInner)|: O(α²), slope 2; "
-                 "'no α term' drops AvgGradInner: O(α), slope 1.")
+    lines += ["1st: |exact update − (a·AvgGrad − b·α·AvgGradInner)|, O(α²), slope 2; 'no α term' "
+              "drops AvgGradInner: O(α), slope 1;",
+              "2nd: the α² term added too (third derivatives of the loss enter it): O(α³), slope 3."]
     return "\n".join(lines)
 
 
 def plot_residuals(path, results):
-    """The log-log figure: residual against alpha, one panel per algorithm, one colour per k."""
+    """The log-log figure: residual against alpha, one panel per algorithm, one colour per k,
+    one line style per order of the expansion; dashed: slopes 2 and 3 through the first
+    k's smallest-alpha points."""
     plt = pyplot("the theory figure")
-    figure, axes = plt.subplots(1, len(ALGORITHMS), figsize=(10, 3.5), sharey=True)
+    figure, axes = plt.subplots(1, len(ALGORITHMS), figsize=(11, 3.8), sharey=True)
+    orders = (("zeroth_residuals", "", ":", "AvgGrad term only: slope 1"),
+              ("residuals", "o", "-", "first order (the paper's): slope 2"),
+              ("second_residuals", "x", "-.", "with the α² term: slope 3"))
     for axis, name in zip(axes, ALGORITHMS):
         for m in results:
-            line, = axis.loglog(m.alphas, m.residuals[name], "o-", label=f"k = {m.steps}")
-            axis.loglog(m.alphas, m.zeroth_residuals[name], ":", color=line.get_color(),
-                        label=f"k = {m.steps}, no AvgGradInner term")
+            colour = None
+            for field, marker, linestyle, _ in orders:
+                line, = axis.loglog(m.alphas, getattr(m, field)[name], marker=marker,
+                                    linestyle=linestyle, color=colour, markersize=4)
+                colour = line.get_color()
         alphas = np.array(results[0].alphas)
-        reference = results[0].residuals[name][0] * (alphas / alphas[0]) ** 2
-        axis.loglog(alphas, reference, "k--", linewidth=0.8, label="slope 2")
-        axis.set_title(f"{name}: |exact − expansion|")
+        for slope, field in ((2, "residuals"), (3, "second_residuals")):
+            start = getattr(results[0], field)[name][0]
+            axis.loglog(alphas, start * (alphas / alphas[0]) ** slope, "k--", linewidth=0.6)
+        axis.set_title(f"{name}: |exact − expansion|", fontsize=10)
         axis.set_xlabel("inner step α")
     axes[0].set_ylabel("residual norm")
-    axes[0].legend(fontsize=7)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    handles = [plt.Line2D([], [], color=colours[i], label=f"k = {m.steps}")
+               for i, m in enumerate(results)]
+    handles += [plt.Line2D([], [], color="k", marker=marker, linestyle=linestyle, label=label)
+                for _, marker, linestyle, label in orders]
+    axes[-1].legend(handles=handles, fontsize=7, loc="lower right")
     save_figure(figure, path)
 
 

@@ -1,8 +1,9 @@
 """The paper's section-5 expansion measured (`reptile_np.theory`, ``reptile-np theory``).
 
-The slopes are what the expansion claims: each update minus its expansion is O(alpha^2)
-(slope 2); without the AvgGradInner term it is O(alpha) (slope 1). A wrong coefficient, a
-dropped term or a wrong exact update moves a slope by about 1, far outside +-0.1.
+The slopes are what the expansion claims: each update minus its first-order expansion is
+O(alpha^2) (slope 2); without the AvgGradInner term it is O(alpha) (slope 1); with the
+alpha^2 term too, O(alpha^3) (slope 3). A wrong coefficient, a dropped term or a wrong exact
+update moves a slope by about 1, far outside +-0.1.
 """
 import numpy as np
 import pytest
@@ -23,6 +24,12 @@ def test_the_expansion_residual_shrinks_as_alpha_squared(results, name):
         assert abs(theory.log_log_slope(m.alphas, m.residuals[name]) - 2) <= 0.1, m.steps
         # The AvgGradInner term is what makes it second order: without it, slope 1.
         assert abs(theory.log_log_slope(m.alphas, m.zeroth_residuals[name]) - 1) <= 0.1, m.steps
+
+
+@pytest.mark.parametrize("name", theory.ALGORITHMS)
+def test_with_the_alpha_squared_term_the_residual_shrinks_as_alpha_cubed(results, name):
+    for m in results:
+        assert abs(theory.log_log_slope(m.alphas, m.second_residuals[name]) - 3) <= 0.1, m.steps
 
 
 def test_avg_grad_inner_is_half_the_gradient_of_the_inner_products():
@@ -70,3 +77,15 @@ def test_bad_flags_give_one_line_and_status_2(capsys, argv, flag):
     assert code == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and flag in err
+
+
+def test_the_summed_gradients_are_reptiles_update():
+    """SummingSGD's total is (theta - phi) / alpha: the Reptile update, read without the
+    cancellation of theta - phi."""
+    problem = theory.make_problem(3, num_tasks=1)
+    x, y, batches = problem.tasks[0]
+    summing = theory.SummingSGD(0.01, problem.theta)
+    phi = theory.meta.inner_loop(problem.model, problem.theta, x, y, batches, summing,
+                                 theory.REDUCTION)
+    np.testing.assert_allclose(summing.total, (problem.theta - phi) / 0.01, rtol=1e-10, atol=1e-12)
+    assert np.linalg.norm(summing.total) > 1
