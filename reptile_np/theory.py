@@ -114,6 +114,27 @@ class SummingSGD(optim.SGD):
         super().step(params, grad)
 
 
+def mean_over_orders(problem, task_updates):
+    """The mean, over the tasks and over every order of their batches, of some updates.
+
+    Args:
+        task_updates: ``task_updates(x, y, batches)`` returns a function of an order (a
+            permutation of the batch indices) giving ``{algorithm: flat vector}``.
+
+    Returns:
+        ``{algorithm: flat vector}`` for `ALGORITHMS`.
+    """
+    totals = {name: np.zeros_like(problem.theta) for name in ALGORITHMS}
+    count = 0
+    for x, y, batches in problem.tasks:
+        updates = task_updates(x, y, batches)
+        for order in itertools.permutations(range(len(batches))):
+            for name, value in updates(order).items():
+                totals[name] += value
+            count += 1
+    return {name: total / count for name, total in totals.items()}
+
+
 def exact_updates(problem, alpha):
     """The three updates in gradient form, averaged over tasks and all orders of their batches.
 
@@ -121,19 +142,17 @@ def exact_updates(problem, alpha):
         ``{algorithm: flat vector}`` for `ALGORITHMS`.
     """
     model, theta = problem.model, problem.theta
-    totals = {name: np.zeros_like(theta) for name in ALGORITHMS}
-    count = 0
-    for x, y, batches in problem.tasks:
-        for order in itertools.permutations(batches):
-            order = list(order)
+
+    def task_updates(x, y, batches):
+        def updates(order):
+            ordered = [batches[index] for index in order]
             summing = SummingSGD(alpha, theta)
-            meta.inner_loop(model, theta, x, y, order, summing, REDUCTION)
-            totals["reptile"] += summing.total
-            g_maml, g_fomaml = meta.maml_gradient(model, theta, x, y, order, alpha, REDUCTION)
-            totals["fomaml"] += g_fomaml
-            totals["maml"] += g_maml
-            count += 1
-    return {name: total / count for name, total in totals.items()}
+            meta.inner_loop(model, theta, x, y, ordered, summing, REDUCTION)
+            g_maml, g_fomaml = meta.maml_gradient(model, theta, x, y, ordered, alpha, REDUCTION)
+            return {"reptile": summing.total, "fomaml": g_fomaml, "maml": g_maml}
+        return updates
+
+    return mean_over_orders(problem, task_updates)
 
 
 def expansion_terms(problem):
@@ -181,9 +200,8 @@ def second_order_terms(problem):
         ``{algorithm: flat vector}`` for `ALGORITHMS`.
     """
     model, theta = problem.model, problem.theta
-    totals = {name: np.zeros_like(theta) for name in ALGORITHMS}
-    count = 0
-    for x, y, batches in problem.tasks:
+
+    def task_updates(x, y, batches):
         def hvp(index, vector, at=theta):
             batch = batches[index]
             return meta.hessian_vector_product(model, at, x[batch], y[batch], vector, REDUCTION)
@@ -196,25 +214,25 @@ def second_order_terms(problem):
             return (hvp(index, b, theta + h * a) - hvp(index, b, theta - h * a)) / (2 * h)
 
         grads = [model.loss_and_grad(theta, x[b], y[b], REDUCTION)[1] for b in batches]
-        for order in itertools.permutations(range(len(batches))):
+
+        def updates(order):
             k = len(order)
             s, q, x_terms = [np.zeros_like(theta)], [np.zeros_like(theta)], []
-            for position, index in enumerate(order):
+            for index in order:
                 x_terms.append(hvp(index, q[-1]) + third(index, s[-1], s[-1]) / 2)
                 q.append(q[-1] + hvp(index, s[-1]))
                 s.append(s[-1] + grads[index])
             last = order[-1]
-            totals["reptile"] += sum(x_terms)
-            totals["fomaml"] += x_terms[-1]
             maml = x_terms[-1].copy()
             h_last_s = hvp(last, s[k - 1])
             for j in range(k - 1):
                 maml += third(order[j], s[j], grads[last]) + hvp(order[j], h_last_s)
                 for l in range(j + 1, k - 1):
                     maml += hvp(order[j], hvp(order[l], grads[last]))
-            totals["maml"] += maml
-            count += 1
-    return {name: total / count for name, total in totals.items()}
+            return {"reptile": sum(x_terms), "fomaml": x_terms[-1], "maml": maml}
+        return updates
+
+    return mean_over_orders(problem, task_updates)
 
 
 def expansion(avg_grad, avg_grad_inner, steps, alpha, with_inner=True):
