@@ -24,6 +24,7 @@ import numpy as np
 from . import __version__, kernels, threads
 from .predict import add_predict_parser
 from .runtime import keep_freed_memory
+from . import experiments, theory
 
 DATASETS = ("omniglot", "miniimagenet", "synthetic", "folder")
 
@@ -778,6 +779,8 @@ def build_parser():
     add_tool_parsers(subparsers)
     add_plot_parser(subparsers)
     add_predict_parser(subparsers)
+    theory.add_theory_parser(subparsers)
+    experiments.add_experiment_parser(subparsers)
     return parser
 
 

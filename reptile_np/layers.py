@@ -22,7 +22,8 @@ One contract for every layer:
   derivatives hold fixed (None for layers without switches).
 
 Layers own no weights; a model maps its flat parameter vector onto these tuples.
-The dtype of ``x`` and ``params`` is the dtype of the work.
+The dtype of ``x`` and ``params`` is the dtype of the work. docs/derivations.md derives
+each backward pass and R-operator below step by step and names the tests that check it.
 """
 import numpy as np
 

@@ -7,7 +7,8 @@ R-operator, for exact Hessian-vector products: see `models.Sequential`).
 ``reduction="sum"`` is what the paper's code differentiates (TF1 ``minimize`` on a
 per-example loss vector sums it); ``"mean"`` divides the loss and its gradient by the
 batch size, as PyTorch's default. With an SGD inner loop the two differ by that factor
-in the learning rate; Adam barely notices (paper notes §1.2).
+in the learning rate; Adam barely notices (paper notes §1.2). docs/derivations.md
+derives both losses' gradients and R-operators.
 """
 import numpy as np
 

@@ -20,6 +20,34 @@ DPI = 100
 """The figure is FIGURE_SIZE * DPI = 800 x 800 pixels."""
 
 
+def pyplot(what):
+    """matplotlib's pyplot on the Agg backend (files only: no display needed, none opened),
+    imported when a figure is drawn, never at module import (matplotlib is an extra).
+
+    Args:
+        what: what needs it, for the message ("the plot command").
+
+    Raises:
+        ImportError: one sentence naming the ``plot`` extra, when matplotlib is missing.
+    """
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ImportError(f"{what} needs matplotlib: pip install 'reptile-np[plot]'") from None
+    return plt
+
+
+def save_figure(figure, path):
+    """Lay ``figure`` out, write it to ``path`` at `DPI` (its suffix picks the format), and
+    free it (pyplot keeps every open figure otherwise)."""
+    import matplotlib.pyplot as plt
+    figure.tight_layout()
+    figure.savefig(path, dpi=DPI)
+    plt.close(figure)
+
+
 def running_mean(values, window):
     """The trailing running mean: point i is the mean of ``values[max(0, i - window + 1):i + 1]``.
 
@@ -119,13 +147,7 @@ def plot_curves(out, logs, smooth=100):
         ImportError: matplotlib (the ``plot`` extra) is not installed.
         ValueError: naming ``--out`` when its suffix is not an image format matplotlib writes.
     """
-    try:
-        import matplotlib
-        matplotlib.use("Agg")  # files only: no display needed, none opened
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise ImportError("the plot command needs matplotlib: pip install 'reptile-np[plot]'") \
-            from None
+    plt = pyplot("the plot command")
     figure, (accuracy_axis, norm_axis) = plt.subplots(2, 1, figsize=FIGURE_SIZE, sharex=True)
     formats = figure.canvas.get_supported_filetypes()
     suffix = Path(out).suffix.lstrip(".").lower()
@@ -158,6 +180,4 @@ def plot_curves(out, logs, smooth=100):
         else:
             axis.text(0.5, 0.5, f"no {what} in these logs", transform=axis.transAxes,
                       ha="center", va="center")
-    figure.tight_layout()
-    figure.savefig(out, dpi=DPI)
-    plt.close(figure)
+    save_figure(figure, out)

@@ -18,6 +18,7 @@ from .data.sine import GRID_POINTS, sample_sine_task, sine_grid, sine_task, sine
 from .evaluate import mean_confidence_interval
 from .models import sine_mlp
 from .optim import SGD
+from .plot import pyplot
 from .progress import Progress
 
 ALGORITHMS = ("reptile", "fomaml", "maml", "joint")
@@ -141,12 +142,7 @@ def plot_sine(path, model, thetas, task, lr=0.02, steps=(0, 8, 16, 32)):
     Raises:
         ImportError: matplotlib (the ``plot`` extra) is not installed.
     """
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise ImportError("Drawing the figure needs matplotlib: pip install 'reptile-np[plot]'") from None
+    plt = pyplot("Drawing the figure")
     amplitude, phase, points = task
     figure, axes = plt.subplots(1, len(thetas), figsize=(5 * len(thetas), 4), sharey=True)
     for axis, (title, theta) in zip(np.atleast_1d(axes), thetas.items()):

@@ -1,6 +1,7 @@
-"""docs/walkthrough.md and docs/pitfalls.md run, and print exactly what they show.
+"""docs/walkthrough.md, docs/pitfalls.md, docs/theory.md and docs/geometry.md run, and print
+exactly what they show.
 
-The convention the two documents follow:
+The convention the documents follow:
 
 * every ```python block runs, in document order, in ONE namespace per document (a block
   may use the names earlier blocks defined);
@@ -20,7 +21,8 @@ from pathlib import Path
 import pytest
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-DOCUMENTS = ("walkthrough.md", "pitfalls.md")
+DOCUMENTS = {"walkthrough.md": 8, "pitfalls.md": 8, "theory.md": 1, "geometry.md": 1}
+"""Each executed document and the fewest python blocks it has (fewer: the pattern broke)."""
 _BLOCK = re.compile(r"^```python\n(?P<code>.*?)^```\n(?:[ \t]*\n)*(?:^```text\n(?P<out>.*?)^```$)?",
                     flags=re.MULTILINE | re.DOTALL)
 
@@ -54,9 +56,24 @@ def test_the_convention_pairs_code_with_its_output():
 @pytest.mark.parametrize("name", DOCUMENTS)
 def test_document_prints_what_it_shows(name):
     blocks = doc_blocks((DOCS / name).read_text(encoding="utf-8"))
-    # Fewer blocks than this means the pattern stopped matching the document's fences.
-    assert len(blocks) >= 8
+    assert len(blocks) >= DOCUMENTS[name]
     for line, expected, printed in run_blocks(name, blocks):
         diff = "".join(difflib.unified_diff(expected.splitlines(True), printed.splitlines(True),
                                             f"{name}:{line} (shown)", f"{name}:{line} (printed)"))
         assert printed == expected, f"{name}:{line}: the block's output changed\n{diff}"
+
+
+_CITED_TEST = re.compile(r"tests/(test_\w+\.py)::(\w+)")
+
+
+def test_every_test_the_docs_cite_exists():
+    """docs/*.md name the tests that check each derivation as ``tests/file.py::test``; a
+    renamed or deleted test must not leave the docs pointing at nothing."""
+    cited = {(name, test) for path in DOCS.glob("*.md")
+             for name, test in _CITED_TEST.findall(path.read_text(encoding="utf-8"))}
+    assert len(cited) >= 30   # derivations.md alone cites more; fewer: the pattern broke
+    tests = DOCS.parent / "tests"
+    missing = [f"tests/{name}::{test}" for name, test in sorted(cited)
+               if not (tests / name).is_file()
+               or f"def {test}(" not in (tests / name).read_text(encoding="utf-8")]
+    assert not missing, f"the docs cite tests that do not exist: {missing}"
