@@ -6,17 +6,14 @@ which for the NumPy wheels is OpenBLAS. Its thread count is read from
 afterwards only through OpenBLAS's own C functions, which this module calls with
 ctypes (no extra package needed; threadpoolctl does the same).
 
-Why the command line pins it to one thread unless ``--threads`` says otherwise:
-
-* **Results.** A product's sums are split between threads by OpenBLAS, and how they
-  are split depends on its kernel (chosen for the CPU, or forced with
-  ``OPENBLAS_CORETYPE``) and on the thread count. With the Haswell kernel, float32
-  convolution outputs differ between 1 and 2 threads by up to 4e-4 relative; with
-  the SkylakeX kernel they do not. With one thread, a run gives the same bits
-  whatever the environment's thread variables say.
-* **Contention.** OpenBLAS's threads spin while they wait for work. On 2 cores with
-  another busy process, an Omniglot training ran at 0.3 to 17 meta-iterations/s with
-  2 threads and 13 to 16 with one.
+Why the command line pins it to one thread: the Numba kernels make their own threads
+(`reptile_np.kernels.set_threads`) and call OpenBLAS from each of them on a piece of
+work whose bounds depend on the shapes alone. OpenBLAS's own threads would split a
+product's sums in a way that depends on its kernel (chosen for the CPU, or forced with
+``OPENBLAS_CORETYPE``) and thread count (with the Haswell kernel, float32 convolution
+outputs differ between 1 and 2 threads by up to 4e-4 relative), and they spin while they
+wait for work, so beside another busy process an Omniglot training ran at 0.3 to 17
+meta-iterations/s with 2 threads.
 
 Nothing here changes ``OPENBLAS_CORETYPE`` or any other environment variable.
 """
