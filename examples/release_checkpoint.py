@@ -23,7 +23,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from reptile_np import __version__, threads
+from reptile_np import __version__, kernels
 from reptile_np.cli import RUN_DEFAULTS, load_splits
 from reptile_np.evaluate import evaluate_splits
 from reptile_np.files import atomic_path
@@ -117,9 +117,9 @@ def release(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    # One BLAS thread, as reptile-np eval runs: with some OpenBLAS kernels the last bits of
-    # a product depend on the thread count, and the release's numbers must be eval's.
-    threads.set_threads(1)
+    # The kernels' threads as reptile-np eval sets them (OpenBLAS on one thread per piece of
+    # work), so that the release's numbers are eval's to the last bit.
+    kernels.set_threads(1)
     try:
         release(args)
     except (ValueError, ImportError, OSError) as error:

@@ -21,10 +21,9 @@ import time
 
 import numpy as np
 
-from . import __version__, kernels, threads
+from . import __version__, experiments, kernels, theory
 from .predict import add_predict_parser
 from .runtime import keep_freed_memory
-from . import experiments, theory
 
 DATASETS = ("omniglot", "miniimagenet", "synthetic", "folder")
 
@@ -167,9 +166,10 @@ def add_loop_flags(group, inner_batch, inner_iters, learning_rate, meta_step, me
 
 def add_threads_flag(parser):
     parser.add_argument("--threads", type=_positive_int, default=1,
-                        help="threads of NumPy's BLAS (OpenBLAS), whatever OPENBLAS_NUM_THREADS "
-                             "says; more than one can change the last bits of results with "
-                             "some OpenBLAS kernels, and slows down beside other busy processes")
+                        help="threads of the kernels, whatever OPENBLAS_NUM_THREADS says: "
+                             "the Numba kernels cut their work into pieces fixed by the shapes, "
+                             "so results are the same bits for any count; the NumPy kernels "
+                             "give them to OpenBLAS (the last bits may change)")
 
 
 def _check_output_file(path, flag):
@@ -217,7 +217,7 @@ def run_sine(args):
                     inner_batch=args.inner_batch, lr=args.learning_rate, meta_step=args.meta_step,
                     meta_step_final=args.meta_step_final, seed=args.seed)
     print(f"reptile-np {__version__} sine: {json.dumps({'algorithm': args.algorithm, **settings})}, "
-          f"backend {kernels.get_backend()}, {threads.describe()}")
+          f"backend {kernels.get_backend()}, {kernels.describe_threads()}")
     settings["progress_stream"] = sys.stderr
     start = time.perf_counter()
     model, theta_random, theta_meta = sine_demo.train_sine(args.algorithm, **settings)
@@ -455,7 +455,7 @@ def run_train(args):
                     image_size=image_shape[1], channels=image_shape[0], model=model_name,
                     backend=kernels.get_backend())
     print(f"reptile-np {__version__} {settings['dataset']}: {json.dumps(dataclasses.asdict(config))}")
-    print(f"backend {kernels.get_backend()}, {threads.describe()}, {model.num_params} parameters, "
+    print(f"backend {kernels.get_backend()}, {kernels.describe_threads()}, {model.num_params} parameters, "
           + ", ".join(f"{name} {s.num_classes} classes" for name, s in splits.items()))
     start_iteration = 0
     if args.pretrained or args.resume:
@@ -795,7 +795,7 @@ def main(argv=None):
     keep_freed_memory()
     try:
         if hasattr(args, "threads"):
-            threads.set_threads(args.threads)
+            kernels.set_threads(args.threads)
         return args.run(args)
     except (CommandError, ValueError, ImportError, FloatingPointError, OSError) as error:
         # One line, whatever the message holds (an OSError's may quote a long path).

@@ -6,17 +6,14 @@ which for the NumPy wheels is OpenBLAS. Its thread count is read from
 afterwards only through OpenBLAS's own C functions, which this module calls with
 ctypes (no extra package needed; threadpoolctl does the same).
 
-Why the command line pins it to one thread unless ``--threads`` says otherwise:
-
-* **Results.** A product's sums are split between threads by OpenBLAS, and how they
-  are split depends on its kernel (chosen for the CPU, or forced with
-  ``OPENBLAS_CORETYPE``) and on the thread count. With the Haswell kernel, float32
-  convolution outputs differ between 1 and 2 threads by up to 4e-4 relative; with
-  the SkylakeX kernel they do not. With one thread, a run gives the same bits
-  whatever the environment's thread variables say.
-* **Contention.** OpenBLAS's threads spin while they wait for work. On 2 cores with
-  another busy process, an Omniglot training ran at 0.3 to 17 meta-iterations/s with
-  2 threads and 13 to 16 with one.
+Why the command line pins it to one thread: the Numba kernels make their own threads
+(`reptile_np.kernels.set_threads`) and call OpenBLAS from each of them on a piece of
+work whose bounds depend on the shapes alone. OpenBLAS's own threads would split a
+product's sums in a way that depends on its kernel (chosen for the CPU, or forced with
+``OPENBLAS_CORETYPE``) and thread count (with the Haswell kernel, float32 convolution
+outputs differ between 1 and 2 threads by up to 4e-4 relative), and they spin while they
+wait for work, so beside another busy process an Omniglot training ran at 0.3 to 17
+meta-iterations/s with 2 threads.
 
 Nothing here changes ``OPENBLAS_CORETYPE`` or any other environment variable.
 """
@@ -54,8 +51,9 @@ def _loaded_openblas_paths():
 class _OpenBLAS:
     """The three OpenBLAS functions we use, bound to one loaded library."""
 
-    def __init__(self, library, names):
+    def __init__(self, library, form, names):
         self.path = library._name
+        self._library, self._form = library, form
         self._set, self._get, self._corename = (getattr(library, name) for name in names)
         self._set.argtypes, self._set.restype = [ctypes.c_int], None
         self._get.argtypes, self._get.restype = [], ctypes.c_int
@@ -66,6 +64,18 @@ class _OpenBLAS:
 
     def threads(self):
         return int(self._get())
+
+    def function(self, name):
+        """The library's C function ``name`` (in this library's naming form), or None."""
+        return getattr(self._library, self._form.format(name), None)
+
+    def integer(self):
+        """The C integer type of the library's BLAS sizes: 64 bits in an ILP64 build."""
+        config = self.function("openblas_get_config")
+        if config is None:
+            return ctypes.c_int64 if "64_" in self._form else ctypes.c_int
+        config.argtypes, config.restype = [], ctypes.c_char_p
+        return ctypes.c_int64 if b"USE64BITINT" in (config() or b"") else ctypes.c_int
 
     def kernel(self):
         name = self._corename()
@@ -83,7 +93,7 @@ def _find_openblas():
             names = [form.format(f"openblas_{what}") for what in
                      ("set_num_threads", "get_num_threads", "get_corename")]
             if all(hasattr(library, name) for name in names):
-                return _OpenBLAS(library, names)
+                return _OpenBLAS(library, form, names)
     return None
 
 
@@ -109,6 +119,18 @@ def set_threads(count):
         return False
     _openblas.set_threads(count)
     return True
+
+
+def openblas_function(name):
+    """NumPy's OpenBLAS C function ``name`` (e.g. "cblas_sgemm"), as a ctypes function
+    without a signature, or None when NumPy's BLAS is not an OpenBLAS this module reaches."""
+    return None if _openblas is None else _openblas.function(name)
+
+
+def openblas_integer():
+    """The ctypes integer type of NumPy's OpenBLAS sizes (``c_int64`` for the NumPy >= 2
+    wheels' ILP64 build); None without a reachable OpenBLAS."""
+    return None if _openblas is None else _openblas.integer()
 
 
 def blas_info():

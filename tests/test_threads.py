@@ -1,5 +1,7 @@
 """`reptile_np.threads`: reading and setting NumPy's BLAS thread count from inside the process."""
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -48,3 +50,55 @@ def test_set_threads_rejects_what_is_not_a_positive_integer(count):
 
 def test_set_threads_accepts_numpy_integers(restore_threads):
     assert threads.set_threads(np.int64(1)) is (threads.blas_info()["threads"] is not None)
+
+
+# --------------------------------------------------------------------------------------
+# The kernels' own threads (`reptile_np.kernels.set_threads`): the same bits for any count.
+
+_META_ITERATION = """
+import sys
+import numpy as np
+from reptile_np import kernels, meta, models, optim
+kernels.set_backend("numba")
+kernels.set_threads({threads})
+dtype = np.{dtype}
+rng = np.random.default_rng(0)
+model = models.{model}(num_classes=5)
+theta = model.init(rng, dtype)
+optimizer = optim.Adam(model.num_params, lr=1e-3, beta1=0.0, dtype=dtype)
+tasks = [(rng.standard_normal((15,) + {shape}).astype(dtype), np.repeat(np.arange(5), 3))
+         for _ in range(2)]
+theta = meta.reptile_step(model, theta, tasks, optimizer, rng, inner_batch={batch},
+                          inner_iters=2, epsilon=0.5)
+np.savez(sys.argv[1], theta=theta, m=optimizer.m, v=optimizer.v)
+"""
+
+
+def _meta_iteration_in_a_process(tmp_path, model, dtype, count):
+    """theta and the Adam moments after one Reptile meta-iteration (2 tasks, 2 Adam steps),
+    computed in a fresh process whose kernels run on ``count`` threads. Numba's pool is
+    made large enough for 3 threads; the BLAS kernel variables (OPENBLAS_CORETYPE, ...)
+    pass through as the environment sets them."""
+    shape, batch = ((1, 28, 28), 10) if model == "omniglot_cnn" else ((3, 84, 84), 5)
+    code = _META_ITERATION.format(threads=count, dtype=dtype, model=model, shape=shape,
+                                  batch=batch)
+    out = tmp_path / f"{model}-{dtype}-{count}.npz"
+    env = dict(os.environ, NUMBA_NUM_THREADS="3")
+    subprocess.run([sys.executable, "-c", code, str(out)], env=env, check=True, timeout=600)
+    with np.load(out) as archive:
+        return {name: archive[name] for name in archive.files}
+
+
+@pytest.mark.parametrize("model", ["omniglot_cnn", "miniimagenet_cnn"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_meta_iteration_gives_the_same_bits_on_1_2_and_3_threads(tmp_path, model, dtype):
+    """The Numba kernels cut their work by the shapes alone (product tiles, examples,
+    channels), so theta and the optimiser state after a whole meta-iteration are the same
+    bits for any thread count, on whichever OpenBLAS kernel the environment selects
+    (CI runs the suite with OPENBLAS_CORETYPE=Haswell set and unset)."""
+    pytest.importorskip("numba")
+    one = _meta_iteration_in_a_process(tmp_path, model, dtype, 1)
+    for count in (2, 3):
+        other = _meta_iteration_in_a_process(tmp_path, model, dtype, count)
+        for name in one:
+            np.testing.assert_array_equal(other[name], one[name], err_msg=f"{name}, {count} threads")

@@ -22,20 +22,17 @@ check their arguments (`checks`, shared with the NumPy twins: the cores do no bo
 checks, so arguments that do not fit would read or write outside an array),
 allocate, call the jitted cores below and BLAS (``@``), and reshape.
 
-Threads. The jitted cores are serial on purpose. The matrix products hold most
-of the arithmetic and BLAS runs them on its own thread pool; a second pool of
-Numba workers (which spin-wait after every parallel loop) fights it for the
-cores: on 2 cores, ``prange`` over the batch made an Omniglot step take 56 ms
-instead of 2.6 ms with 2 Numba and 2 BLAS threads, and gained nothing with one
-BLAS thread. So results are bit-identical for any ``numba.set_num_threads(k)``
-by construction. Across
-BLAS thread counts: OpenBLAS splits a sum longer than its block size (448 terms
-for float32 here) into blocks differently when threaded, so every product here
-sums over at most `BLAS_REDUCTION_CHUNK` terms per BLAS call and adds the partial
-products in a fixed order; float32 results are then identical for 1 and 2 BLAS
-threads (``tests/test_kernels.py`` checks the paper's layer shapes). float64
-results are not: OpenBLAS's double-precision kernels change the summation order
-with the way threads split the output, for sums of any length.
+Threads. Every core that loops over examples, channels or elements runs its loop
+with Numba's ``prange``, and every matrix product is cut into tiles (`blas.matmul`),
+each tile one single-threaded call of NumPy's OpenBLAS from Numba's threads. Where the
+work is cut depends only on the arrays' shapes, and no piece sums over another piece's
+terms (reductions, such as BatchNorm's channel sums or the weight gradient's sum over
+examples, stay inside one piece, in a fixed order), so the results are the same bits
+for any thread count (`kernels.set_threads`; ``tests/test_threads.py`` checks whole
+meta-iterations on 1, 2 and 3 threads). Once `kernels.set_threads` has been called (the
+command line always calls it), OpenBLAS runs one thread per call: its own threads would
+split a product's sums in a way that depends on its kernel and thread count, and would
+fight Numba's for the cores.
 
 Environment, read once at import: ``REPTILE_NP_FASTMATH=1`` compiles the cores
 with ``fastmath=True`` (faster, no longer equal to the reference to the last bit;
@@ -47,37 +44,35 @@ clear it with ``find reptile_np -name '*.nb[ic]' -delete``.
 import os
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
-from . import checks
+from . import blas, checks
 from .checks import output_size
 
 FASTMATH = os.environ.get("REPTILE_NP_FASTMATH", "0").strip() == "1"
 CACHE = os.environ.get("REPTILE_NP_NUMBA_CACHE", "1").strip() != "0" and not FASTMATH
 _JIT_OPTIONS = {"cache": CACHE, "fastmath": FASTMATH, "error_model": "numpy"}
-
-BLAS_REDUCTION_CHUNK = 256
-"""Most terms one BLAS call sums over (see "Threads" above)."""
+_PARALLEL = dict(_JIT_OPTIONS, parallel=True, nogil=True)
 
 
-@njit(**_JIT_OPTIONS)
+@njit(**_PARALLEL)
 def _swap_leading_axes(a):
     """(A, B, P) -> contiguous (B, A, P)."""
     size_a, size_b, _ = a.shape
     out = np.empty((size_b, size_a, a.shape[2]), dtype=a.dtype)
-    for ia in range(size_a):
-        for ib in range(size_b):
+    for ib in prange(size_b):
+        for ia in range(size_a):
             out[ib, ia, :] = a[ia, ib, :]
     return out
 
 
-@njit(**_JIT_OPTIONS)
+@njit(**_PARALLEL)
 def _transpose_last_two(a):
     """(N, A, B) -> contiguous (N, B, A). The inner loop runs over the shorter axis
     (measured: twice as fast as either fixed order on the shapes here)."""
     batch, size_a, size_b = a.shape
     out = np.empty((batch, size_b, size_a), dtype=a.dtype)
-    for n in range(batch):
+    for n in prange(batch):
         if size_a <= size_b:
             for ib in range(size_b):
                 for ia in range(size_a):
@@ -89,7 +84,7 @@ def _transpose_last_two(a):
     return out
 
 
-@njit(**_JIT_OPTIONS)
+@njit(**_PARALLEL)
 def _im2col_columns(x, kh, kw, stride, pad_top, pad_left, out_h, out_w):
     """Columns (N, C*KH*KW, OH*OW): ``cols[n, (c, i, j), (p, q)] = xpad[n, c, p*s + i, q*s + j]``.
 
@@ -97,7 +92,7 @@ def _im2col_columns(x, kh, kw, stride, pad_top, pad_left, out_h, out_w):
     """
     batch, channels, height, width = x.shape
     cols = np.empty((batch, channels, kh, kw, out_h, out_w), dtype=x.dtype)
-    for n in range(batch):
+    for n in prange(batch):
         for c in range(channels):
             for i in range(kh):
                 for j in range(kw):
@@ -110,13 +105,13 @@ def _im2col_columns(x, kh, kw, stride, pad_top, pad_left, out_h, out_w):
     return cols.reshape(batch, channels * kh * kw, out_h * out_w)
 
 
-@njit(**_JIT_OPTIONS)
+@njit(**_PARALLEL)
 def _col2im_columns(columns, height, width, kh, kw, stride, pad_top, pad_left, out_h, out_w):
     """Adjoint of `_im2col_columns`: every entry is added onto the pixel it was read from."""
     batch, channels = columns.shape[0], columns.shape[1] // (kh * kw)
     cols = columns.reshape(batch, channels, kh, kw, out_h, out_w)
     dx = np.zeros((batch, channels, height, width), dtype=cols.dtype)
-    for n in range(batch):
+    for n in prange(batch):
         for c in range(channels):
             for i in range(kh):
                 for j in range(kw):
@@ -130,14 +125,14 @@ def _col2im_columns(columns, height, width, kh, kw, stride, pad_top, pad_left, o
     return dx
 
 
-@njit(**_JIT_OPTIONS)
+@njit(**_PARALLEL)
 def _im2col_rows(x, kh, kw, stride, pad_top, pad_left, out_h, out_w):
     """Rows (N*OH*OW, KH*KW*C) from channels-last x (N, H, W, C):
     ``rows[(n, p, q), (i, j, c)] = xpad[n, p*s + i, q*s + j, c]``, each tap a copy of C
     contiguous values."""
     batch, height, width, channels = x.shape
     rows = np.empty((batch, out_h, out_w, kh, kw, channels), dtype=x.dtype)
-    for n in range(batch):
+    for n in prange(batch):
         for p in range(out_h):
             for q in range(out_w):
                 for i in range(kh):
@@ -150,7 +145,7 @@ def _im2col_rows(x, kh, kw, stride, pad_top, pad_left, out_h, out_w):
     return rows.reshape(batch * out_h * out_w, kh * kw * channels)
 
 
-@njit(**_JIT_OPTIONS)
+@njit(**_PARALLEL)
 def _col2im_rows(patch_rows, batch, height, width, kh, kw, stride, pad_top, pad_left,
                  out_h, out_w):
     """Adjoint of `_im2col_rows`: every entry is added onto the pixel it was read from,
@@ -158,7 +153,7 @@ def _col2im_rows(patch_rows, batch, height, width, kh, kw, stride, pad_top, pad_
     channels = patch_rows.shape[1] // (kh * kw)
     rows = patch_rows.reshape(batch, out_h, out_w, kh, kw, channels)
     dx = np.zeros((batch, height, width, channels), dtype=rows.dtype)
-    for n in range(batch):
+    for n in prange(batch):
         for p in range(out_h):
             for q in range(out_w):
                 for i in range(kh):
@@ -176,16 +171,19 @@ def _uses_rows(channels, out_w):
     return channels > out_w
 
 
-def _product(a, b):
-    """``a @ b`` as `np.matmul` (stacks broadcast), summing over at most
-    `BLAS_REDUCTION_CHUNK` terms per BLAS call and adding the chunks in order."""
-    length = a.shape[-1]
-    chunks = -(-length // BLAS_REDUCTION_CHUNK)
-    bounds = [length * k // chunks for k in range(chunks + 1)]
-    out = a[..., :bounds[1]] @ b[..., :bounds[1], :]
-    for start, stop in zip(bounds[1:-1], bounds[2:]):
-        out += a[..., start:stop] @ b[..., start:stop, :]
-    return out
+@njit(**_PARALLEL)
+def _sum_over_examples(per_example):
+    """(N, A, B) -> (A, B), each entry summed over n in order: the order of NumPy's
+    ``sum(axis=0)``, whatever the thread count (threads take rows of the result)."""
+    batch, size_a, size_b = per_example.shape
+    total = np.empty((size_a, size_b), dtype=per_example.dtype)
+    for i in prange(size_a):
+        for j in range(size_b):
+            total[i, j] = per_example[0, i, j]
+        for n in range(1, batch):
+            for j in range(size_b):
+                total[i, j] += per_example[n, i, j]
+    return total
 
 
 def _channels_last(x):
@@ -222,22 +220,22 @@ def _input_gradient(dy_matrix, weights, x_shape, geometry, rows):
     """Patch gradients (dy times the weights), added back onto the pixels by col2im."""
     batch, channels, height, width = x_shape
     if rows:
-        patch_grads = _product(dy_matrix.T, weights.T)           # (N*OH*OW, O) x (O, K)
+        patch_grads = blas.matmul(dy_matrix.T, weights.T)           # (N*OH*OW, O) x (O, K)
         dx = _col2im_rows(patch_grads, batch, height, width, *geometry)
         return _transpose_last_two(dx.reshape(batch, height * width, channels)).reshape(x_shape)
-    return _col2im_columns(_product(weights.T, dy_matrix), height, width, *geometry)
+    return _col2im_columns(blas.matmul(weights.T, dy_matrix), height, width, *geometry)
 
 
 def _weight_gradient(dy_matrix, patches, w_shape, rows):
     """dy times the patches, summed over every output position, in (O, C, KH, KW) layout."""
     out_ch, channels, kh, kw = w_shape
     if rows:
-        dw = _product(dy_matrix, patches).reshape(out_ch, kh, kw, channels)
+        dw = blas.matmul(dy_matrix, patches).reshape(out_ch, kh, kw, channels)
         return dw.transpose(0, 3, 1, 2)
     # patches x dy^T, (K, O) per example, is 20% faster than dy x patches^T on
     # Mini-ImageNet's 32-channel layers (BLAS prefers the tall output here).
-    per_example = _product(patches, dy_matrix.transpose(0, 2, 1))
-    return per_example.sum(axis=0).T.reshape(w_shape)
+    per_example = blas.matmul(patches, dy_matrix.transpose(0, 2, 1))
+    return _sum_over_examples(per_example).T.reshape(w_shape)
 
 
 def _geometry(w_shape, stride, pad, out_h, out_w):
@@ -272,10 +270,10 @@ def conv2d_forward_saving(x, w, stride, pad):
     patches = _patches(x, rows, _geometry(w.shape, stride, pad, out_h, out_w))
     weights = _weight_matrix(w, rows)
     if rows:
-        y = _product(patches, weights)
+        y = blas.matmul(patches, weights)
         y = _transpose_last_two(y.reshape(batch, out_h * out_w, out_ch))
     else:
-        y = _product(weights, patches)
+        y = blas.matmul(weights, patches)
     return y.reshape(batch, out_ch, out_h, out_w), (patches, weights)
 
 
@@ -329,21 +327,21 @@ def _pool_windows(xp, y, argmax, size, stride):
     (or a first NaN, as `np.argmax`) replaces the winner, so ties keep the first tap.
     """
     batch, channels, out_h, out_w = y.shape
-    for n in range(batch):
-        for c in range(channels):
-            for p in range(out_h):
-                for q in range(out_w):
-                    best, best_tap = xp[n, c, p * stride, q * stride], 0
-                    for i in range(size):
-                        for j in range(size):
-                            value = xp[n, c, p * stride + i, q * stride + j]
-                            if value > best or (value != value and best == best):
-                                best, best_tap = value, i * size + j
-                    y[n, c, p, q] = best
-                    argmax[n, c, p, q] = best_tap
+    for plane in prange(batch * channels):
+        n, c = plane // channels, plane % channels
+        for p in range(out_h):
+            for q in range(out_w):
+                best, best_tap = xp[n, c, p * stride, q * stride], 0
+                for i in range(size):
+                    for j in range(size):
+                        value = xp[n, c, p * stride + i, q * stride + j]
+                        if value > best or (value != value and best == best):
+                            best, best_tap = value, i * size + j
+                y[n, c, p, q] = best
+                argmax[n, c, p, q] = best_tap
 
 
-@njit(**_JIT_OPTIONS)
+@njit(**_PARALLEL)
 def _maxpool_forward(xp, size, stride, out_h, out_w):
     """Window maxima and winning taps (int8) of the padded input xp.
 
@@ -366,15 +364,15 @@ def _maxpool_forward(xp, size, stride, out_h, out_w):
 def _scatter_to_winners(dy, argmax, dxp, size, stride):
     """Add each window's gradient onto its winning cell of the padded dxp."""
     batch, channels, out_h, out_w = dy.shape
-    for n in range(batch):
-        for c in range(channels):
-            for p in range(out_h):
-                for q in range(out_w):
-                    row, column = divmod(argmax[n, c, p, q], size)
-                    dxp[n, c, p * stride + row, q * stride + column] += dy[n, c, p, q]
+    for plane in prange(batch * channels):
+        n, c = plane // channels, plane % channels
+        for p in range(out_h):
+            for q in range(out_w):
+                row, column = divmod(argmax[n, c, p, q], size)
+                dxp[n, c, p * stride + row, q * stride + column] += dy[n, c, p, q]
 
 
-@njit(**_JIT_OPTIONS)
+@njit(**_PARALLEL)
 def _maxpool_backward(dy, argmax, padded_h, padded_w, size, stride):
     """Gradient with respect to the padded input; 2x2 windows with stride 2 get
     constant sizes (a shift instead of a division per window), as in the forward,
@@ -384,14 +382,14 @@ def _maxpool_backward(dy, argmax, padded_h, padded_w, size, stride):
         # The windows tile the padded input: write every cell once, no zeroing pass.
         dxp = np.empty((batch, channels, padded_h, padded_w), dtype=dy.dtype)
         zero = dy.dtype.type(0)
-        for n in range(batch):
-            for c in range(channels):
-                for p in range(out_h):
-                    for i in range(2):
-                        for q in range(out_w):
-                            tap, gradient = argmax[n, c, p, q], dy[n, c, p, q]
-                            dxp[n, c, 2 * p + i, 2 * q] = gradient if tap == 2 * i else zero
-                            dxp[n, c, 2 * p + i, 2 * q + 1] = gradient if tap == 2 * i + 1 else zero
+        for plane in prange(batch * channels):
+            n, c = plane // channels, plane % channels
+            for p in range(out_h):
+                for i in range(2):
+                    for q in range(out_w):
+                        tap, gradient = argmax[n, c, p, q], dy[n, c, p, q]
+                        dxp[n, c, 2 * p + i, 2 * q] = gradient if tap == 2 * i else zero
+                        dxp[n, c, 2 * p + i, 2 * q + 1] = gradient if tap == 2 * i + 1 else zero
         return dxp
     dxp = np.zeros((batch, channels, padded_h, padded_w), dtype=dy.dtype)
     if size == 2 and stride == 2:
@@ -464,7 +462,7 @@ def _channel_squared_deviations(x, channel, mean):
     return total
 
 
-@njit(**_JIT_OPTIONS)
+@njit(**_PARALLEL)
 def _batchnorm_forward(x, gamma, beta, eps, count):
     """(N, C, K) x -> y, x_hat (N, C, K) and inv_std (C,); ``count`` = N*K and ``eps``
     are scalars of x's dtype, so float32 work stays float32 (a float64 quotient
@@ -472,7 +470,7 @@ def _batchnorm_forward(x, gamma, beta, eps, count):
     batch, channels, size = x.shape
     y, x_hat = np.empty_like(x), np.empty_like(x)
     inv_std = np.empty(channels, dtype=x.dtype)
-    for c in range(channels):
+    for c in prange(channels):
         mean = _channel_dot(x, None, c) / count
         inv_std[c] = 1.0 / np.sqrt(_channel_squared_deviations(x, c, mean) / count + eps)
         for n in range(batch):
@@ -482,14 +480,14 @@ def _batchnorm_forward(x, gamma, beta, eps, count):
     return y, x_hat, inv_std
 
 
-@njit(**_JIT_OPTIONS)
+@njit(**_PARALLEL)
 def _batchnorm_backward(dy, x_hat, inv_std, gamma, count):
     """(N, C, K) dy -> dx (N, C, K), dgamma, dbeta (C,); see `batchnorm2d_backward`."""
     batch, channels, size = dy.shape
     dx = np.empty_like(dy)
     dgamma = np.empty(channels, dtype=dy.dtype)
     dbeta = np.empty(channels, dtype=dy.dtype)
-    for c in range(channels):
+    for c in prange(channels):
         dgamma[c] = _channel_dot(dy, x_hat, c)
         dbeta[c] = _channel_dot(dy, None, c)
         mean_dy, mean_dy_x_hat = dbeta[c] / count, dgamma[c] / count
@@ -500,18 +498,18 @@ def _batchnorm_backward(dy, x_hat, inv_std, gamma, count):
     return dx, dgamma, dbeta
 
 
-@njit(**_JIT_OPTIONS)
+@njit(**_PARALLEL)
 def _relu_forward(x):
     y, zero = np.empty_like(x), x.dtype.type(0)
-    for i in range(x.size):
+    for i in prange(x.size):
         y[i] = x[i] if not x[i] < 0 else zero   # keeps NaN, as np.maximum
     return y
 
 
-@njit(**_JIT_OPTIONS)
+@njit(**_PARALLEL)
 def _relu_backward(dy, y):
     dx, zero = np.empty_like(dy), dy.dtype.type(0)
-    for i in range(dy.size):
+    for i in prange(dy.size):
         dx[i] = dy[i] if y[i] > 0 else zero
     return dx
 
@@ -554,12 +552,12 @@ def batchnorm2d_backward(dy, x_hat, inv_std, gamma):
     return dx.reshape(dy.shape), dgamma, dbeta
 
 
-@njit(**_JIT_OPTIONS)
+@njit(**_PARALLEL)
 def _adam_update(params, grad, m, v, step_size, beta1, beta2, one_minus_beta1, one_minus_beta2,
                  eps):
     """The update of `adam_update`, element by element, each operation rounded to the
     vectors' dtype in the reference's order (no fused multiply-adds without fastmath)."""
-    for i in range(params.size):
+    for i in prange(params.size):
         m[i] = m[i] * beta1 + one_minus_beta1 * grad[i]
         v[i] = v[i] * beta2 + one_minus_beta2 * grad[i] * grad[i]
         params[i] -= step_size * m[i] / (np.sqrt(v[i]) + eps)
