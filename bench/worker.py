@@ -82,11 +82,13 @@ def import_framework(framework, threads):
         import jax
         jax.config.update("jax_platforms", "cpu")
         return jax.__version__
-    import reptile_np.kernels  # noqa: F401  (imports the Numba kernels if it can)
+    from reptile_np import kernels   # imports the Numba kernels if it can
+    # As `reptile-np --threads` does: the Numba kernels on ``threads`` threads of their own
+    # with OpenBLAS on one thread inside each piece; the NumPy kernels give them to OpenBLAS.
+    kernels.set_threads(threads)
     if framework == "numba":
         try:
             import numba
-            numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
             return numba.__version__
         except ImportError:
             return None
