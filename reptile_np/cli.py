@@ -22,6 +22,7 @@ import time
 import numpy as np
 
 from . import __version__, kernels, threads
+from .conformance import command as conformance
 from .runtime import keep_freed_memory
 
 DATASETS = ("omniglot", "miniimagenet", "synthetic", "folder")
@@ -771,6 +772,7 @@ def build_parser():
     add_train_parsers(subparsers)
     add_tool_parsers(subparsers)
     add_plot_parser(subparsers)
+    conformance.add_conformance_parser(subparsers)
     return parser
 
 
