@@ -14,6 +14,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from neutral import (NumpyParts, conv_padding, layer_params, pool_padding, split_queries,
+                     unflatten)
+
 
 def tensor(array):
     """A torch tensor of the array's dtype (int64 labels and indices stay int64)."""
@@ -24,57 +27,14 @@ def numpy(value):
     return value.detach().numpy().copy()
 
 
-def same_padding(size, kernel, stride):
-    """TF "same" along one axis: ceil(size / stride) outputs, the odd cell after."""
-    out = -(-size // stride)
-    total = max((out - 1) * stride + kernel - size, 0)
-    return total // 2, total - total // 2
-
-
-def param_shapes(layer):
-    """{"weight": shape, "bias": shape} of a layer spec, PyTorch layouts."""
-    kind = layer["type"]
-    if kind == "conv2d":
-        k = layer["kernel_size"]
-        return {"weight": (layer["out_channels"], layer["in_channels"], k, k),
-                "bias": (layer["out_channels"],)}
-    if kind == "batchnorm2d":
-        return {"weight": (layer["num_features"],), "bias": (layer["num_features"],)}
-    if kind == "linear":
-        return {"weight": (layer["out_features"], layer["in_features"]),
-                "bias": (layer["out_features"],)}
-    return {}
-
-
-def network_layout(network):
-    """[(state_dict name, shape)] in the order of the flat parameter vector."""
-    return [(f"{index}.{name}", shape) for index, layer in enumerate(network["layers"])
-            for name, shape in param_shapes(layer).items()]
-
-
-def unflatten(network, theta):
-    """The named tensors of a flat vector (views, so gradients flow back to theta)."""
-    named, offset = {}, 0
-    for name, shape in network_layout(network):
-        size = int(np.prod(shape))
-        named[name] = theta[offset:offset + size].reshape(shape)
-        offset += size
-    return named
-
-
-class Adapter:
+class Adapter(NumpyParts):
     """The protocol's callables (each returns a dict of NumPy arrays)."""
 
     # ------------------------------------------------------------------ building blocks
 
     def conv_padding(self, layer, height, width):
-        """(top, bottom, left, right) of a conv2d spec for an input of this size."""
-        padding, k, s = layer["padding"], layer["kernel_size"], layer["stride"]
-        if padding == "same":
-            return same_padding(height, k, s) + same_padding(width, k, s)
-        if isinstance(padding, int):
-            return (padding,) * 4
-        return tuple(padding)
+        """(top, bottom, left, right) of a conv2d spec (a seam for the broken adapters)."""
+        return conv_padding(layer, height, width)
 
     def layer(self, layer, params, x):
         """The forward pass of one layer spec; params {"weight": t, "bias": t}."""
@@ -93,10 +53,8 @@ class Adapter:
         if kind == "tanh":
             return torch.tanh(x)
         if kind == "maxpool2d":
-            if layer["padding"] == "same":
-                pads = (same_padding(x.shape[2], layer["size"], layer["stride"])
-                        + same_padding(x.shape[3], layer["size"], layer["stride"]))
-                x = F.pad(x, (pads[2], pads[3], pads[0], pads[1]), value=-float("inf"))
+            top, bottom, left, right = pool_padding(layer, x.shape[2], x.shape[3])
+            x = F.pad(x, (left, right, top, bottom), value=-float("inf"))
             return F.max_pool2d(x, layer["size"], layer["stride"])
         if kind == "flatten":
             return x.reshape(x.shape[0], -1)
@@ -107,8 +65,7 @@ class Adapter:
     def forward(self, network, named, x):
         out = x
         for index, layer in enumerate(network["layers"]):
-            params = {name: named[f"{index}.{name}"] for name in param_shapes(layer)}
-            out = self.layer(layer, params, out)
+            out = self.layer(layer, layer_params(named, index, layer), out)
         return out
 
     def loss(self, loss, output, target, reduction):
@@ -159,23 +116,6 @@ class Adapter:
             params = opt.step(params, grad)
             history.append({"params": numpy(params), **opt.state()})
         return {key: np.array([entry[key] for entry in history]) for key in history[0]}
-
-    def minibatch_schedule(self, num_samples, batch_size, num_batches, seed, replacement):
-        rng = np.random.default_rng(seed)
-        return {"batches": np.array(draw_batches(num_samples, batch_size, num_batches, rng,
-                                                 replacement))}
-
-    def tail_schedule(self, labels, batch_size, num_batches, seed, replacement, tail_shots):
-        rng = np.random.default_rng(seed)
-        tail = np.concatenate([np.flatnonzero(labels == label)[:tail_shots]
-                               for label in np.unique(labels)])
-        rest = np.setdiff1d(np.arange(len(labels)), tail)
-        head = draw_batches(len(rest), batch_size, num_batches - 1, rng, replacement)
-        return {"batches": np.array([rest[batch] for batch in head]), "tail": tail}
-
-    def epsilon_schedule(self, meta_iters, initial, final):
-        fractions = np.arange(meta_iters) / meta_iters
-        return {"epsilon": fractions * final + (1 - fractions) * initial}
 
     def inner_steps(self, network, phi, x, y, batches, opt, reduction):
         """phi after one optimiser step per batch, and every step's parameter change."""
@@ -228,8 +168,7 @@ class Adapter:
     def evaluate_task(self, network, theta, optimizer, optimizer_state, x, y, num_classes,
                       batches, transductive, reduction):
         x, y = tensor(x), tensor(y)
-        queries = [int(torch.nonzero(y == label)[0]) for label in range(num_classes)]
-        support = [i for i in range(len(y)) if i not in queries]
+        support, queries = split_queries(y.numpy(), num_classes)
         train_x, train_y, query_x = x[support], y[support], x[queries]
         opt = self.optimizer(optimizer, optimizer_state, tensor(theta))
         saved = opt.state()
@@ -244,19 +183,6 @@ class Adapter:
                     self.forward(network, named, torch.cat([train_x, query_x[q:q + 1]]))[-1].argmax()
                     for q in range(num_classes)])
         return {"phi": numpy(phi), "predictions": numpy(predictions), **opt.outputs()}
-
-
-def draw_batches(num_samples, batch_size, num_batches, rng, replacement):
-    """The documented index stream: without replacement, enough permutations of
-    0..num_samples-1 concatenated and cut into consecutive batches; with replacement,
-    rng.choice(num_samples, batch_size, replace=False) per batch."""
-    if replacement:
-        return [rng.choice(num_samples, batch_size, replace=False) for _ in range(num_batches)]
-    passes = -(-batch_size * num_batches // num_samples)
-    if passes == 0:
-        return []
-    order = np.concatenate([rng.permutation(num_samples) for _ in range(passes)])
-    return list(order[:batch_size * num_batches].reshape(num_batches, batch_size))
 
 
 class Optimizer:

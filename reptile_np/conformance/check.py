@@ -61,7 +61,8 @@ def load_manifest(directory):
 
 def load_adapter(reference):
     """The adapter object of ``"path/to/file.py:Name"`` or ``"package.module:Name"``; a
-    class is instantiated without arguments.
+    class is instantiated without arguments. A file's directory goes on ``sys.path``
+    first, as when Python runs a script, so the adapter can import its siblings.
 
     Raises:
         ValueError: naming ``adapter`` when the file, module or name is missing.
@@ -73,6 +74,8 @@ def load_adapter(reference):
         path = Path(where)
         if not path.is_file():
             raise ValueError(f"adapter: no file {where!r}.")
+        if str(path.parent.resolve()) not in sys.path:
+            sys.path.insert(0, str(path.parent.resolve()))
         module_spec = importlib.util.spec_from_file_location(f"conformance_adapter_{path.stem}",
                                                              path)
         module = importlib.util.module_from_spec(module_spec)
