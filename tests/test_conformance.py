@@ -185,37 +185,6 @@ def test_example_adapter_passes_every_case(suite, name):
     assert exit_status(results) == 0
 
 
-def broken_adapters():
-    """The four usual mistakes, each one method of the PyTorch adapter changed."""
-    base = example_adapter("torch_adapter")
-
-    class MeanInsteadOfSum(base):
-        def loss(self, loss, output, target, reduction):
-            return super().loss(loss, output, target, "mean")
-
-    class AdamResetPerTask(base):
-        def task_update(self, algorithm, network, theta, x, y, batches, opt, reduction):
-            if opt.settings["name"] == "adam":
-                opt.__init__(opt.settings, None, theta)
-            return super().task_update(algorithm, network, theta, x, y, batches, opt, reduction)
-
-        def evaluate_task(self, **inputs):     # an evaluation task is a task too
-            return super().evaluate_task(**dict(inputs, optimizer_state=None))
-
-    class Padding1(base):
-        def conv_padding(self, layer, height, width):
-            if layer["padding"] == "same":
-                return (layer["kernel_size"] // 2,) * 4
-            return super().conv_padding(layer, height, width)
-
-    class RawLastGradient(base):
-        def fomaml_update(self, network, theta, x, y, batches, opt, reduction, changes):
-            before_last, last = theta + sum(changes[:-1]), batches[-1]
-            return -self.gradient(network, before_last, x[last], y[last], reduction)
-
-    return MeanInsteadOfSum, AdamResetPerTask, Padding1, RawLastGradient
-
-
 def expected_failures(manifest, mistake):
     """The cases each mistake must fail: those whose result depends on it."""
     if mistake == "MeanInsteadOfSum":     # every case that sums a loss over a batch
@@ -234,9 +203,10 @@ HINTS = {"MeanInsteadOfSum": spec.MEAN_VS_SUM, "AdamResetPerTask": spec.ADAM_RES
          "Padding1": spec.PADDING_1, "RawLastGradient": spec.FOMAML_RAW_GRADIENT}
 
 
-@pytest.mark.parametrize("mistake", list(HINTS))
+@pytest.mark.parametrize("mistake", list(HINTS))   # examples/adapters/broken_adapters.py
 def test_broken_adapter_fails_exactly_its_cases_with_its_hint(suite, mistake):
-    adapter = {cls.__name__: cls for cls in broken_adapters()}[mistake]()
+    example_adapter("torch_adapter")
+    adapter = getattr(importlib.import_module("broken_adapters"), mistake)()
     results = check(suite, adapter)
     failures = failed(results)
     assert set(failures) == expected_failures(load_manifest(suite), mistake)

@@ -7,8 +7,8 @@ Check it with::
     reptile-np conformance --out suite
     reptile-np conformance --check suite --adapter examples/adapters/torch_adapter.py:Adapter
 
-The subclasses in tests/test_conformance.py break one method each to show what the
-check reports for the usual porting mistakes.
+broken_adapters.py beside it breaks one method each to show what the check reports for
+the usual porting mistakes.
 """
 import numpy as np
 import torch

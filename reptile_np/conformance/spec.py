@@ -21,11 +21,9 @@ VERSION = 1
 
 # The usual mistakes, each as the hint a failing case prints (and tests look for).
 MEAN_VS_SUM = "differs by a factor of batch size: mean vs sum reduction"
-PADDING_1 = ("padding=1 instead of TF 'same' at stride 2 (an even size pads 0 on top/left "
-             "and 1 at the bottom/right)")
-ADAM_RESET = "Adam state reset per task (the paper's code keeps one inner Adam state for the run)"
-FOMAML_RAW_GRADIENT = ("FOMAML used the raw last gradient instead of the last parameter "
-                       "change phi_k - phi_(k-1)")
+PADDING_1 = "padding=1 instead of TF 'same' at stride 2 (an even size pads 0 before, 1 after)"
+ADAM_RESET = "Adam state reset per task (the paper's code keeps one inner state for the run)"
+FOMAML_RAW_GRADIENT = "FOMAML used the raw last gradient instead of the last parameter change"
 MAXPOOL_SAME = "max-pool 'same' must pad the bottom/right with -inf (PyTorch: ceil_mode=True)"
 BATCHNORM = ("BatchNorm must use the current batch's statistics with the biased variance "
              "and eps 1e-3, no running averages")
