@@ -21,7 +21,7 @@ class AdamResetPerTask(Adapter):
 
     def task_update(self, algorithm, network, theta, x, y, batches, opt, reduction):
         if opt.settings["name"] == "adam":
-            opt.__init__(opt.settings, None, theta)
+            opt.__init__(opt.settings, None, theta, None)
         return super().task_update(algorithm, network, theta, x, y, batches, opt, reduction)
 
     def evaluate_task(self, **inputs):

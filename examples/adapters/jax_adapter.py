@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from neutral import NumpyParts, conv_padding, layer_params, pool_padding, split_queries, unflatten
+from neutral import (NumpyParts, Optimizer, conv_padding, layer_params, pool_padding,
+                     split_queries, unflatten)
 
 jax.config.update("jax_enable_x64", True)
 
@@ -74,6 +75,21 @@ def flat_loss(network, theta, x, y, reduction):
                       reduction)
 
 
+# Every function below is compiled as one XLA program: much faster than dispatching each
+# operation on its own. A spec is a dict, which jax.jit cannot take as a static argument,
+# so its JSON text is the cache key.
+
+@functools.lru_cache(maxsize=None)
+def _compiled_layer_vjp(layer_json):
+    layer = json.loads(layer_json)
+
+    def forward_and_pullback(params, x, dy):
+        y, pullback = jax.vjp(lambda p, inputs: apply_layer(layer, p, inputs), params, x)
+        return (y,) + pullback(dy)
+
+    return jax.jit(forward_and_pullback)
+
+
 @functools.lru_cache(maxsize=None)
 def _compiled_gradient(network_json, reduction):
     network = json.loads(network_json)
@@ -82,41 +98,8 @@ def _compiled_gradient(network_json, reduction):
 
 
 def gradient(network, theta, x, y, reduction):
-    """d loss / d theta, compiled once per network and reduction (a spec is a dict, which
-    jax.jit cannot take as a static argument, so its JSON text is the cache key)."""
+    """d loss / d theta, compiled once per network and reduction."""
     return _compiled_gradient(json.dumps(network, sort_keys=True), reduction)(theta, x, y)
-
-
-class Optimizer:
-    """SGD, or TF-form Adam whose state (m, v, t) starts from the given one (zeros if None)."""
-
-    def __init__(self, settings, state, like):
-        self.settings = settings
-        if settings["name"] == "adam":
-            if state is None:
-                self.m, self.v, self.t = jnp.zeros_like(like), jnp.zeros_like(like), 0
-            else:
-                self.m, self.v, self.t = jnp.asarray(state["m"]), jnp.asarray(state["v"]), \
-                    int(state["t"])
-
-    def step(self, params, grad):
-        s = self.settings
-        if s["name"] == "sgd":
-            return params - s["lr"] * grad
-        self.t += 1
-        self.m = s["beta1"] * self.m + (1 - s["beta1"]) * grad
-        self.v = s["beta2"] * self.v + (1 - s["beta2"]) * grad * grad
-        step_size = s["lr"] * (1 - s["beta2"] ** self.t) ** 0.5 / (1 - s["beta1"] ** self.t)
-        return params - step_size * self.m / (jnp.sqrt(self.v) + s["eps"])
-
-    def state(self):
-        if self.settings["name"] == "sgd":
-            return {}
-        return {"m": np.asarray(self.m), "v": np.asarray(self.v), "t": np.int64(self.t)}
-
-    def outputs(self):
-        state = self.state()
-        return {"optimizer_state": state} if state else {}
 
 
 def inner_steps(network, phi, x, y, batches, opt, reduction):
@@ -154,16 +137,15 @@ class Adapter(NumpyParts):
     """The protocol's callables (each returns a dict of NumPy arrays)."""
 
     def layer_forward_backward(self, layer, params, x, dy):
-        y, pullback = jax.vjp(lambda p, inputs: apply_layer(layer, p, inputs),
-                              {name: jnp.asarray(value) for name, value in params.items()},
-                              jnp.asarray(x))
-        dparams, dx = pullback(jnp.asarray(dy))
+        y, dparams, dx = _compiled_layer_vjp(json.dumps(layer, sort_keys=True))(
+            {name: jnp.asarray(value) for name, value in params.items()}, jnp.asarray(x),
+            jnp.asarray(dy))
         return {"y": np.asarray(y), "dx": np.asarray(dx),
                 "dparams": {name: np.asarray(value) for name, value in dparams.items()}}
 
     def loss_forward_backward(self, loss, reduction, output, target):
-        value, doutput = jax.value_and_grad(loss_value, argnums=1)(loss, jnp.asarray(output),
-                                                                   jnp.asarray(target), reduction)
+        value, doutput = jax.jit(jax.value_and_grad(loss_value, argnums=1), static_argnums=(0, 3))(
+            loss, jnp.asarray(output), jnp.asarray(target), reduction)
         return {"loss": np.asarray(value), "doutput": np.asarray(doutput)}
 
     def network_forward_backward(self, network, params, x, y, reduction):
@@ -173,7 +155,6 @@ class Adapter(NumpyParts):
             output = forward(network, named, x)
             return loss_value(network["loss"], output, y, reduction), output
 
-        # One compiled program for the whole network: faster than op-by-op dispatch here.
         (value, output), grads = jax.jit(jax.value_and_grad(loss_of, has_aux=True))(
             named, jnp.asarray(x), jnp.asarray(y))
         return {"output": np.asarray(output), "loss": np.asarray(value),
@@ -181,7 +162,7 @@ class Adapter(NumpyParts):
 
     def optimizer_steps(self, optimizer, params, grads):
         params = jnp.asarray(params)
-        opt = Optimizer(optimizer, None, params)
+        opt = Optimizer(optimizer, None, params, jnp.asarray)
         history = []
         for grad in jnp.asarray(grads):
             params = opt.step(params, grad)
@@ -197,7 +178,7 @@ class Adapter(NumpyParts):
                      for (x, y), bs in zip(tasks, batches)]
             return {"theta": np.asarray(theta - epsilon * optimizer["lr"] * jnp.mean(
                 jnp.stack(grads), axis=0))}
-        opt = Optimizer(optimizer, optimizer_state, theta)
+        opt = Optimizer(optimizer, optimizer_state, theta, jnp.asarray)
         updates = []
         for (x, y), task_batches in zip(tasks, batches):
             phi, changes = inner_steps(network, theta, x, y, task_batches, opt, reduction)
@@ -215,10 +196,10 @@ class Adapter(NumpyParts):
         support, queries = split_queries(y, num_classes)
         x, y = jnp.asarray(x), jnp.asarray(y)
         train_x, train_y, query_x = x[np.array(support)], y[np.array(support)], x[np.array(queries)]
-        opt = Optimizer(optimizer, optimizer_state, jnp.asarray(theta))
+        opt = Optimizer(optimizer, optimizer_state, jnp.asarray(theta), jnp.asarray)
         saved = opt.state()
         phi, _ = inner_steps(network, jnp.asarray(theta), train_x, train_y, batches, opt, reduction)
-        opt = Optimizer(optimizer, saved, phi)           # restore what adaptation changed
+        opt = Optimizer(optimizer, saved, phi, jnp.asarray)   # restore what adaptation changed
         named = unflatten(network, phi)
         if transductive:
             predictions = forward(network, named, query_x).argmax(axis=1)

@@ -87,6 +87,42 @@ def split_queries(labels, num_classes):
     return [i for i in range(len(labels)) if i not in queries], queries
 
 
+class Optimizer:
+    """SGD, or TF-form Adam whose state (m, v, t) starts from the given one (zeros if None),
+    on the arrays of any framework whose arithmetic is NumPy-like: ``as_array`` turns a
+    NumPy array into one (``torch.as_tensor``, ``jax.numpy.asarray``)."""
+
+    def __init__(self, settings, state, like, as_array):
+        self.settings = settings
+        if settings["name"] == "adam":
+            if state is None:
+                self.m, self.v, self.t = like * 0, like * 0, 0
+            else:
+                self.m, self.v, self.t = as_array(state["m"]), as_array(state["v"]), int(state["t"])
+
+    def step(self, params, grad):
+        """The parameters after one step (a new array); the state advances."""
+        s = self.settings
+        if s["name"] == "sgd":
+            return params - s["lr"] * grad
+        self.t += 1
+        self.m = s["beta1"] * self.m + (1 - s["beta1"]) * grad
+        self.v = s["beta2"] * self.v + (1 - s["beta2"]) * grad * grad
+        step_size = s["lr"] * (1 - s["beta2"] ** self.t) ** 0.5 / (1 - s["beta1"] ** self.t)
+        return params - step_size * self.m / (self.v ** 0.5 + s["eps"])
+
+    def state(self):
+        """{"m", "v", "t"} as NumPy values ({} for SGD)."""
+        if self.settings["name"] == "sgd":
+            return {}
+        return {"m": np.asarray(self.m), "v": np.asarray(self.v), "t": np.int64(self.t)}
+
+    def outputs(self):
+        """The protocol's ``optimizer_state`` output (none for SGD)."""
+        state = self.state()
+        return {"optimizer_state": state} if state else {}
+
+
 class NumpyParts:
     """The protocol's callables that need no framework."""
 

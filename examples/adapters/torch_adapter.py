@@ -14,8 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from neutral import (NumpyParts, conv_padding, layer_params, pool_padding, split_queries,
-                     unflatten)
+from neutral import (NumpyParts, Optimizer, conv_padding, layer_params, pool_padding,
+                     split_queries, unflatten)
 
 
 def tensor(array):
@@ -47,7 +47,8 @@ class Adapter(NumpyParts):
             mean = x.mean(dim=(0, 2, 3), keepdim=True)
             var = ((x - mean) ** 2).mean(dim=(0, 2, 3), keepdim=True)   # biased
             x_hat = (x - mean) / torch.sqrt(var + layer["eps"])
-            return x_hat * params["weight"][None, :, None, None] + params["bias"][None, :, None, None]
+            return (x_hat * params["weight"][None, :, None, None]
+                    + params["bias"][None, :, None, None])
         if kind == "relu":
             return F.relu(x)
         if kind == "tanh":
@@ -82,7 +83,7 @@ class Adapter(NumpyParts):
         return torch.autograd.grad(self.flat_loss(network, theta, x, y, reduction), theta)[0]
 
     def optimizer(self, settings, state, like):
-        return Optimizer(settings, state, like)
+        return Optimizer(settings, state, like, tensor)
 
     # ------------------------------------------------------------------ the protocol
 
@@ -179,39 +180,7 @@ class Adapter(NumpyParts):
             if transductive:
                 predictions = self.forward(network, named, query_x).argmax(dim=1)
             else:
-                predictions = torch.stack([
-                    self.forward(network, named, torch.cat([train_x, query_x[q:q + 1]]))[-1].argmax()
+                predictions = torch.stack([self.forward(
+                    network, named, torch.cat([train_x, query_x[q:q + 1]]))[-1].argmax()
                     for q in range(num_classes)])
         return {"phi": numpy(phi), "predictions": numpy(predictions), **opt.outputs()}
-
-
-class Optimizer:
-    """SGD, or TF-form Adam whose state (m, v, t) starts from the given one (zeros if None)."""
-
-    def __init__(self, settings, state, like):
-        self.settings = settings
-        if settings["name"] == "adam":
-            if state is None:
-                self.m, self.v, self.t = torch.zeros_like(like), torch.zeros_like(like), 0
-            else:
-                self.m, self.v, self.t = tensor(state["m"]), tensor(state["v"]), int(state["t"])
-
-    def step(self, params, grad):
-        s = self.settings
-        params = params.detach()
-        if s["name"] == "sgd":
-            return params - s["lr"] * grad
-        self.t += 1
-        self.m = s["beta1"] * self.m + (1 - s["beta1"]) * grad
-        self.v = s["beta2"] * self.v + (1 - s["beta2"]) * grad * grad
-        step_size = s["lr"] * (1 - s["beta2"] ** self.t) ** 0.5 / (1 - s["beta1"] ** self.t)
-        return params - step_size * self.m / (self.v.sqrt() + s["eps"])
-
-    def state(self):
-        if self.settings["name"] == "sgd":
-            return {}
-        return {"m": numpy(self.m), "v": numpy(self.v), "t": np.int64(self.t)}
-
-    def outputs(self):
-        state = self.state()
-        return {"optimizer_state": state} if state else {}

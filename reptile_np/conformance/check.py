@@ -201,7 +201,8 @@ def format_report(results):
     widths = [max(len(row[i]) for row in rows + [header]) for i in range(4)]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[4]
              for row in [header] + rows]
-    counts = {status: sum(r.status == status for r in results) for status in ("pass", "FAIL", "skip")}
+    counts = {status: sum(r.status == status for r in results)
+              for status in ("pass", "FAIL", "skip")}
     lines.append(f"{counts['pass']} passed, {counts['FAIL']} failed, {counts['skip']} skipped "
                  f"(worst = max|actual - expected| / max|expected| per output)")
     return "\n".join(line.rstrip() for line in lines)

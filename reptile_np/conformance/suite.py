@@ -140,7 +140,8 @@ def _layer_cases(dtype, rng):
                             for key, value in params.items()})
         case.expect({"y": y, "dx": dx, "dparams": dict(zip(params, dparams))})
         if PADDING_1 in causes:
-            wrong = Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, 1)
+            wrong = Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size,
+                           layer.stride, 1)
             y, cache = wrong.forward(tuple(params.values()), x)
             dx, dparams = wrong.backward(tuple(params.values()), cache, dy)
             case.mistake(PADDING_1, {"y": y, "dx": dx, "dparams": dict(zip(params, dparams))})
@@ -178,8 +179,9 @@ NETWORK_EXAMPLES = {"omniglot": 5, "miniimagenet": 2, "sine": 10}
 
 def _padding_1_model(model):
     """The model a port gets by writing PyTorch's padding=1 for every TF 'same' conv."""
-    layer_specs = [dict(layer, padding=1) if layer["type"] == "conv2d" and layer["padding"] == "same"
-                   else layer for layer in spec.network_spec(model)["layers"]]
+    layer_specs = [dict(layer, padding=1)
+                   if layer["type"] == "conv2d" and layer["padding"] == "same" else layer
+                   for layer in spec.network_spec(model)["layers"]]
     return spec.model_from_spec(dict(spec.network_spec(model), layers=layer_specs))
 
 
@@ -231,11 +233,7 @@ def _optimizer_cases(dtype, rng):
                      else ["SGD: params - lr * grad"])
         case.inputs(optimizer=optimizer, params=case.array("params", theta),
                     grads=case.array("grads", grads))
-        if optimizer["name"] == "adam":
-            opt = optim.Adam(OPTIMIZER_SIZE, optimizer["lr"], optimizer["beta1"],
-                             optimizer["beta2"], optimizer["eps"], dtype)
-        else:
-            opt = optim.SGD(optimizer["lr"])
+        opt = make_optimizer(optimizer, OPTIMIZER_SIZE, dtype)
         params, history = theta.copy(), {"params": [], "m": [], "v": [], "t": []}
         for grad in grads:
             opt.step(params, grad)
@@ -286,7 +284,9 @@ ADAM = {"name": "adam", "lr": 0.01, "beta1": 0.0, "beta2": 0.999, "eps": 1e-8}
 SGD = {"name": "sgd", "lr": 0.05}
 
 
-def _optimizer(settings, num_params, dtype, state):
+def make_optimizer(settings, num_params, dtype, state=None):
+    """Our optimiser for a manifest's ``optimizer`` dict, from ``state`` (an Adam snapshot;
+    None: fresh)."""
     if settings["name"] == "sgd":
         return optim.SGD(settings["lr"])
     opt = optim.Adam(num_params, settings["lr"], settings["beta1"], settings["beta2"],
@@ -396,7 +396,7 @@ def _meta_cases(dtype, rng):
                     epsilon=EPSILON, reduction="sum")
 
         def run(net, reduction, fresh_per_task=False):
-            opt = _optimizer(optimizer, model.num_params, dtype, state)
+            opt = make_optimizer(optimizer, model.num_params, dtype, state)
             if fresh_per_task:   # the mistake: theta moves by the mean of per-task steps
                 rng_batches, thetas = np.random.default_rng(META_SEED), []
                 for task in tasks:
@@ -414,7 +414,7 @@ def _meta_cases(dtype, rng):
         if state is not None:
             case.mistake(ADAM_RESET, run(model, "sum", fresh_per_task=True))
         if algorithm["name"] == "fomaml":
-            opt = _optimizer(optimizer, model.num_params, dtype, state)
+            opt = make_optimizer(optimizer, model.num_params, dtype, state)
             case.mistake(FOMAML_RAW_GRADIENT, {"theta": _fomaml_raw_gradient_step(
                 model, theta, tasks, opt, np.random.default_rng(META_SEED), EPSILON, tail_shots)})
         if algorithm["name"] == "maml":
@@ -460,7 +460,7 @@ def _evaluation_cases(dtype, rng):
                     transductive=transductive, reduction="sum")
 
         def run(net, reduction, fresh=False):
-            opt = _optimizer(ADAM, model.num_params, dtype, None if fresh else state)
+            opt = make_optimizer(ADAM, model.num_params, dtype, None if fresh else state)
             phi, predictions = evaluate.adapt_and_predict(net, theta, opt, (x, y), batches, 3,
                                                           transductive, reduction)
             return {"phi": phi, "predictions": predictions, **_state_outputs(opt)}
