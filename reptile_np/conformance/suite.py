@@ -33,7 +33,7 @@ MANIFEST = "manifest.json"
 DTYPES = (np.float64, np.float32)
 TOLERANCE = {"float64": 1e-9, "float32": 2e-4}
 """Worst relative error allowed per output tensor (see `check.relative_error`). float64:
-two exact computations that round differently agree to ~1e-13 (measured against PyTorch
+two exact computations that round differently agree to <= 1e-14 (measured against PyTorch
 and JAX); float32 rounding (~6e-8 per operation) grows to ~1e-5 through a network and a
 few Adam steps, which normalise small gradients."""
 
