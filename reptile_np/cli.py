@@ -22,6 +22,7 @@ import time
 import numpy as np
 
 from . import __version__, experiments, kernels, theory
+from .conformance import command as conformance
 from .predict import add_predict_parser
 from .runtime import keep_freed_memory
 
@@ -781,6 +782,7 @@ def build_parser():
     add_predict_parser(subparsers)
     theory.add_theory_parser(subparsers)
     experiments.add_experiment_parser(subparsers)
+    conformance.add_conformance_parser(subparsers)
     return parser
 
 

@@ -81,9 +81,26 @@ def adapt_and_count(model, theta, optimizer, task, batches, num_classes, transdu
                     reduction="sum", weight_decay=1.0):
     """`evaluate_task` with its mini-batches (index arrays into the N*K training examples)
     already drawn."""
-    train_x, train_y, query_x, query_y = split_eval_task(*task, num_classes)
+    _, predictions = adapt_and_predict(model, theta, optimizer, task, batches, num_classes,
+                                       transductive, reduction, weight_decay)
+    return int(np.sum(predictions == np.arange(num_classes)))
+
+
+def adapt_and_predict(model, theta, optimizer, task, batches, num_classes, transductive=False,
+                      reduction="sum", weight_decay=1.0):
+    """The adapted parameters and the query predictions of one evaluation task.
+
+    Splits ``task`` into support and queries (`split_eval_task`: the queries are the first
+    example of each label, in label order, so query i has label i), adapts theta on the
+    support batches from the optimiser's current state, which is restored (`adapt`), and
+    predicts.
+
+    Returns:
+        ``(phi, predictions)``: phi of theta's layout, predictions (num_classes,) labels.
+    """
+    train_x, train_y, query_x, _ = split_eval_task(*task, num_classes)
     phi = adapt(model, theta, optimizer, train_x, train_y, batches, reduction, weight_decay)
-    return int(np.sum(predict_queries(model, phi, train_x, query_x, transductive) == query_y))
+    return phi, predict_queries(model, phi, train_x, query_x, transductive)
 
 
 def evaluate(model, theta, optimizer, split, num_classes, num_shots, eval_batch, eval_iters,
