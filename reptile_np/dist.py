@@ -11,11 +11,13 @@ the results of a serial run, bit for bit:
 * the context (theta, the optimiser's snapshot, the model) is scattered to every worker
   once per `map`, not sent with every item;
 * the items go in chunks of `DaskExecutor.chunk_size` (one scheduler task per chunk), so
-  the scheduler's per-task cost (a few ms) is spread over many items; each chunk is
-  scattered straight to a worker rather than through the scheduler, since a chunk of
-  Mini-ImageNet tasks is tens of MB;
+  the scheduler's per-task cost (a few ms) is spread over many items. A chunk travels
+  inside its scheduler task (not scattered to one worker: a chunk whose only copy died
+  with its worker could not be rerun), so it is also cut at `CHUNK_BYTES`;
 * every chunk sets its worker's kernels to this process's backend and its BLAS to
-  ``worker_threads`` threads before it computes (`prepare_worker`).
+  ``worker_threads`` threads before it computes (`prepare_worker`), so the results are
+  those of a serial run with ``--threads`` equal to ``worker_threads`` (the BLAS's sums
+  can depend on its thread count, see `reptile_np.threads`).
 
 Why the threads are set at run time, in the worker: a thread variable set for the worker
 (the nanny's ``env``) arrives after the spawned worker has re-imported the main module,
@@ -38,7 +40,6 @@ versions are each one line, within seconds (`connect`'s ``timeout``).
 import collections
 import contextlib
 import copy
-import itertools
 import logging
 import math
 import sys
@@ -56,6 +57,13 @@ CHUNK_SIZE = 16
 scheduler's round trip a few ms, so 16 of them keep the overhead to a few per cent (see the
 README's "Scaling out" for the measurement); a list shorter than one chunk per worker
 thread is dealt out evenly instead (a meta-batch of 5 on 2 workers: 3 + 2)."""
+
+CHUNK_BYTES = 8 << 20
+"""A chunk's largest size in array bytes (3 Mini-ImageNet evaluation tasks): the scheduler
+relays every chunk, and warns about tasks over 10 MB."""
+
+CONNECT_TIMEOUT = 5.0
+"""Seconds `connect` waits for the scheduler, and for its first worker."""
 
 IDLE_TIMEOUT = 30.0
 """Seconds a `map` waits for a result while the cluster has no worker at all before it
@@ -87,7 +95,7 @@ def local_workers(address):
 
 
 @contextlib.contextmanager
-def connect(address, worker_threads=1, timeout=10.0, chunk_size=CHUNK_SIZE):
+def connect(address, worker_threads=1, timeout=CONNECT_TIMEOUT, chunk_size=CHUNK_SIZE):
     """A `DaskExecutor` on the scheduler at ``address``, or on a fresh ``local:N`` cluster.
 
     Args:
@@ -195,8 +203,8 @@ class DaskExecutor:
         Args:
             function: a module-level function (workers import it by name).
             items: a list (dealt out in even chunks when it is short) or any iterable
-                (drawn lazily, `chunk_size` at a time, at most two chunks per worker thread
-                waiting).
+                (drawn lazily, `chunk_size` items or `CHUNK_BYTES` at a time, at most two
+                chunks per worker thread waiting).
             context: sent once to every worker; each chunk works on its own copy, so a
                 function may change it (an optimiser's state) even on a worker that runs
                 several chunks at once.
@@ -217,12 +225,8 @@ class DaskExecutor:
         settings = (kernels.get_backend(), self.worker_threads)
         pending = collections.deque()
         try:
-            while True:
-                chunk = list(itertools.islice(items, size))
-                if not chunk:
-                    break
-                [data] = self.client.scatter([chunk], hash=False)
-                pending.append(self.client.submit(run_chunk, function, shared, data, *settings,
+            for chunk in _chunks(items, size):
+                pending.append(self.client.submit(run_chunk, function, shared, chunk, *settings,
                                                   pure=False))
                 if len(pending) == in_flight:
                     yield from self._result(pending.popleft())
@@ -251,6 +255,26 @@ class DaskExecutor:
             except distributed.KilledWorker as error:
                 raise ConnectionError(f"Dask gave up on a chunk of work: every worker that ran "
                                       f"it died ({_first_line(error)}).") from None
+
+
+def _chunks(items, size):
+    """Lists of ``size`` consecutive items, or fewer when they reach `CHUNK_BYTES`."""
+    chunk, chunk_bytes = [], 0
+    for item in items:
+        chunk.append(item)
+        chunk_bytes += _array_bytes(item)
+        if len(chunk) == size or chunk_bytes >= CHUNK_BYTES:
+            yield chunk
+            chunk, chunk_bytes = [], 0
+    if chunk:
+        yield chunk
+
+
+def _array_bytes(item):
+    """The bytes of the NumPy arrays in ``item`` (itself, or in its tuples and lists)."""
+    if isinstance(item, (tuple, list)):
+        return sum(_array_bytes(part) for part in item)
+    return getattr(item, "nbytes", 0)
 
 
 def run_chunk(function, context, chunk, backend, blas_threads):

@@ -1,0 +1,181 @@
+"""The Dask executor (`reptile_np.dist`) on a real local cluster: the serial results bit for
+bit, and one clear error, within seconds, for each way a cluster fails."""
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+distributed = pytest.importorskip("distributed", reason="the dist extra (dask[distributed]) "
+                                                        "is not installed")
+
+from reptile_np import __version__, dist, evaluate as evaluation, kernels, optim, threads, train  # noqa: E402
+from reptile_np.data.synthetic import load_synthetic  # noqa: E402
+from reptile_np.layers import BatchNorm2d, Conv2d, Flatten, Linear, ReLU  # noqa: E402
+from reptile_np.models import Sequential  # noqa: E402
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def client():
+    """Two worker processes of one thread each on 127.0.0.1, for the whole module."""
+    with distributed.LocalCluster(processes=True, n_workers=2, threads_per_worker=1,
+                                  host="127.0.0.1", dashboard_address=None) as cluster, \
+            distributed.Client(cluster, timeout=30) as connected:
+        connected.wait_for_workers(2, timeout=30)
+        yield connected
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_blas_thread():
+    """This process's BLAS on one thread, as the workers' (and as the command line pins it):
+    with some OpenBLAS kernels the last bits depend on the thread count."""
+    before = threads.blas_info()["threads"]
+    threads.set_threads(1)
+    yield
+    if before:
+        threads.set_threads(before)
+
+
+@pytest.fixture
+def executor(client):
+    """Chunks of 3 items, so a dozen items make chunks on both workers."""
+    return dist.DaskExecutor(client, chunk_size=3)
+
+
+def _problem():
+    """Synthetic 16x16 glyphs, a small network of the paper's layer kinds and an Adam state
+    that is not fresh (so that adapting from the wrong state would show)."""
+    splits = load_synthetic(8, 8, 6, size=16, seed=1)
+    model = Sequential([Conv2d(1, 8, 3, stride=2, padding="same"), BatchNorm2d(8), ReLU(),
+                        Flatten(), Linear(512, 5)], input_shape=(1, 16, 16))
+    theta = model.init(np.random.default_rng(0), np.float32)
+    optimizer = optim.Adam(model.num_params, lr=0.02, beta1=0.0)
+    optimizer.restore({"m": np.zeros(model.num_params), "t": 7,
+                       "v": np.full(model.num_params, 1e-4)})
+    return splits, model, theta, optimizer
+
+
+def _evaluate(splits, model, theta, optimizer, transductive, workers):
+    return evaluation.evaluate(model, theta, optimizer, splits["test"], 5, 3, 5, 4, 10,
+                               np.random.default_rng(3), transductive=transductive,
+                               workers=workers)
+
+
+@pytest.mark.parametrize("transductive", [False, True])
+def test_cluster_evaluation_is_the_serial_one(backend, executor, transductive):
+    splits, model, theta, optimizer = _problem()
+    before = optimizer.snapshot()
+    serial = _evaluate(splits, model, theta, optimizer, transductive, workers=1)
+    cluster = _evaluate(splits, model, theta, optimizer, transductive, workers=executor)
+    np.testing.assert_array_equal(cluster[2], serial[2])
+    assert len(set(cluster[2])) > 1  # tasks that differ, so that an order mix-up would show
+    assert optimizer.t == before["t"]
+    np.testing.assert_array_equal(optimizer.v, before["v"])
+
+
+def _worker_settings(context, item):
+    return kernels.get_backend(), threads.blas_info()["threads"], os.getpid()
+
+
+def test_every_chunk_runs_with_the_clients_backend_and_one_blas_thread(backend, executor):
+    seen = list(executor.map(_worker_settings, range(12), None))
+    assert {(name, count) for name, count, _ in seen} == {(backend, 1)}
+    assert len({pid for _, _, pid in seen}) == 2  # both workers took chunks
+
+
+def test_parallel_meta_batch_equals_its_serial_twin(executor):
+    """train --parallel-tasks: theta and the carried Adam state after every meta-iteration
+    are those of the in-process run of the same semantics."""
+    splits, model, _, _ = _problem()
+    config = train.TrainConfig(num_classes=5, num_shots=2, inner_batch_size=5, inner_iters=3,
+                               meta_batch_size=5, meta_iters=3, parallel_tasks=True)
+    runs = {}
+    for where in (None, executor):
+        theta = model.init(np.random.default_rng(0), np.float32)
+        optimizer = train.make_optimizer(config, model.num_params, np.float32)
+        runs[where] = []
+        for iteration in range(config.meta_iters):
+            theta, _ = train.meta_iteration(model, theta, optimizer, splits["train"], config,
+                                            iteration, where)
+            runs[where].append((theta, optimizer.snapshot()))
+    for (serial_theta, serial_state), (cluster_theta, cluster_state) in zip(*runs.values()):
+        np.testing.assert_array_equal(cluster_theta, serial_theta)
+        for key in ("m", "v", "t"):
+            np.testing.assert_array_equal(cluster_state[key], serial_state[key])
+    assert not np.array_equal(runs[None][0][0], runs[None][-1][0])
+    # And it is not the paper's chained Adam state (which the test would then not tell apart).
+    chained = train.make_optimizer(config, model.num_params, np.float32)
+    paper_config = train.TrainConfig(**{**vars(config), "parallel_tasks": False})
+    paper_theta, _ = train.meta_iteration(model, model.init(np.random.default_rng(0), np.float32),
+                                          chained, splits["train"], paper_config, 0)
+    assert not np.array_equal(paper_theta, runs[None][0][0])
+
+
+def _die_once(marker, item):
+    """The item back; the first call (of any worker) SIGKILLs its own worker process."""
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        return item
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_chunk_whose_worker_dies_is_rerun_elsewhere(executor, tmp_path):
+    start = time.monotonic()
+    assert list(executor.map(_die_once, range(6), str(tmp_path / "died"))) == list(range(6))
+    assert (tmp_path / "died").exists() and time.monotonic() - start < 30
+
+
+def test_unreachable_scheduler_is_one_line_within_seconds():
+    start = time.monotonic()
+    with pytest.raises(ConnectionError, match="--scheduler tcp://127.0.0.1:9: no Dask scheduler "
+                                              "answered within 2 s"):
+        with dist.connect("tcp://127.0.0.1:9", timeout=2):
+            pass
+    assert time.monotonic() - start < 10
+
+
+def test_the_command_line_says_so_in_one_line(tmp_path):
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "reptile_np", "eval", "--checkpoint",
+                           str(tmp_path), "--scheduler", "tcp://127.0.0.1:9"],
+                          capture_output=True, text=True, cwd=REPOSITORY, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(REPOSITORY)})
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and "no Dask scheduler answered" in done.stderr
+    assert time.monotonic() - start < 30
+
+
+def test_a_scheduler_without_workers_is_one_line(client):
+    with distributed.LocalCluster(n_workers=0, host="127.0.0.1", dashboard_address=None) as empty:
+        with pytest.raises(ConnectionError, match="the scheduler has no workers"):
+            with dist.connect(empty.scheduler_address, timeout=1):
+                pass
+
+
+def test_workers_of_other_versions_are_refused(client, monkeypatch):
+    dist.check_workers(client, "local:2")  # the same versions pass
+    monkeypatch.setattr(dist, "__version__", "0.0.0-other")
+    with pytest.raises(ValueError, match=rf"worker tcp://127\.0\.0\.1:\d+ runs reptile-np "
+                                         rf"{re.escape(__version__)}, this process 0\.0\.0-other"):
+        dist.check_workers(client, "local:2")
+
+
+def test_a_worker_without_numba_refuses_the_numba_kernels(monkeypatch):
+    monkeypatch.setattr(kernels, "get_backend", lambda: "numpy")
+    monkeypatch.setattr(kernels, "set_backend", lambda name: "numpy")  # as without Numba
+    with pytest.raises(ImportError, match="cannot run the numba kernels: Numba does not import"):
+        dist.prepare_worker("numba", 1)
+
+
+def test_without_distributed_the_scheduler_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "distributed", None)
+    with pytest.raises(ImportError, match=r"pip install 'reptile-np\[dist\]'"):
+        dist.distributed_module()
