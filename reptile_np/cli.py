@@ -23,6 +23,7 @@ import numpy as np
 
 from . import __version__, kernels, threads
 from .runtime import keep_freed_memory
+from .sweep import add_sweep_parser
 
 DATASETS = ("omniglot", "miniimagenet", "synthetic", "folder")
 
@@ -804,6 +805,7 @@ def build_parser():
     add_train_parsers(subparsers)
     add_tool_parsers(subparsers)
     add_plot_parser(subparsers)
+    add_sweep_parser(subparsers)
     return parser
 
 

@@ -1,5 +1,6 @@
 """The Dask executor (`reptile_np.dist`) on a real local cluster: the serial results bit for
 bit, and one clear error, within seconds, for each way a cluster fails."""
+import json
 import os
 import re
 import signal
@@ -14,7 +15,7 @@ import pytest
 distributed = pytest.importorskip("distributed", reason="the dist extra (dask[distributed]) "
                                                         "is not installed")
 
-from reptile_np import __version__, dist, evaluate as evaluation, kernels, optim, threads, train  # noqa: E402
+from reptile_np import __version__, cli, dist, evaluate as evaluation, kernels, optim, threads, train  # noqa: E402
 from reptile_np.data.synthetic import load_synthetic  # noqa: E402
 from reptile_np.layers import BatchNorm2d, Conv2d, Flatten, Linear, ReLU  # noqa: E402
 from reptile_np.models import Sequential  # noqa: E402
@@ -179,3 +180,84 @@ def test_without_distributed_the_scheduler_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "distributed", None)
     with pytest.raises(ImportError, match=r"pip install 'reptile-np\[dist\]'"):
         dist.distributed_module()
+
+
+SWEEP_RUN = ["--dataset", "synthetic", "--classes", "3", "--shots", "2", "--inner-batch", "4",
+             "--inner-iters", "2", "--meta-batch", "2", "--eval-batch", "3", "--eval-iters", "3",
+             "--meta-iters", "40", "--checkpoint-every", "4", "--eval-samples", "3"]
+"""A short synthetic run: 40 meta-iterations (a second or two), a checkpoint every 4."""
+
+
+def _sweep(client, out, grid, train_flags):
+    """``reptile-np sweep`` in a subprocess on the module's cluster (started, not awaited)."""
+    return subprocess.Popen([sys.executable, "-m", "reptile_np", "sweep", "--scheduler",
+                             client.scheduler.address, "--out", str(out), "--grid", grid, "--",
+                             *train_flags], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=REPOSITORY,
+                            env={**os.environ, "PYTHONPATH": str(REPOSITORY)})
+
+
+def _kill_the_worker_of_a_run_in_training(client, out, timeout=60):
+    """SIGKILL the worker of a sweep run that has checkpointed but not finished training;
+    returns the run's name."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for worker, keys in client.processing().items():
+            for key in keys:
+                name = str(key).removeprefix("sweep-run-")
+                log = out / name / "log.jsonl"
+                done = len(log.read_text().splitlines()) if log.exists() else 0
+                if (out / name / "checkpoint.npz").exists() and 8 <= done <= 32:
+                    [pid] = client.run(os.getpid, workers=[worker]).values()
+                    os.kill(pid, signal.SIGKILL)
+                    return name
+        time.sleep(0.02)
+    raise AssertionError("no sweep run was caught mid-training")
+
+
+def test_a_sweep_survives_a_killed_worker_with_the_undisturbed_results(client, tmp_path):
+    """2 x 2 runs; the worker of one of them is killed mid-training. The sweep finishes, the
+    killed run resumed from its checkpoint, and every run's final theta is that of the same
+    train command run here, undisturbed. (About 20 s: five short trainings, twice.)"""
+    out = tmp_path / "sweep"
+    sweep = _sweep(client, out, "learning-rate=1e-3,5e-4 seed=0,1", SWEEP_RUN)
+    killed = _kill_the_worker_of_a_run_in_training(client, out)
+    stdout, stderr = sweep.communicate(timeout=120)
+    assert sweep.returncode == 0, stderr
+    assert "sweep runs 4/4" in stderr and "failed=0" in stderr
+    runs = sorted(path.name for path in out.iterdir() if path.is_dir())
+    assert runs == ["learning-rate=1e-3_seed=0", "learning-rate=1e-3_seed=1",
+                    "learning-rate=5e-4_seed=0", "learning-rate=5e-4_seed=1"]
+    assert "loaded" in (out / killed / "output.txt").read_text()  # resumed, not started again
+    for name in runs:
+        flags = dict(part.split("=") for part in name.split("_"))
+        undisturbed = tmp_path / "undisturbed" / name
+        assert cli.main(["train", *SWEEP_RUN, "--learning-rate", flags["learning-rate"],
+                         "--seed", flags["seed"], "--checkpoint", str(undisturbed),
+                         "--eval-samples", "0"]) == 0
+        np.testing.assert_array_equal(np.load(out / name / "checkpoint.npz")["theta"],
+                                      np.load(undisturbed / "checkpoint.npz")["theta"])
+    table = json.loads((out / "table.json").read_text())
+    assert [(row["flags"], row["finished"], row["seeds"]) for row in table] == [
+        ({"learning-rate": "1e-3"}, 2, ["0", "1"]), ({"learning-rate": "5e-4"}, 2, ["0", "1"])]
+    accuracies = [json.loads((out / f"learning-rate=1e-3_seed={seed}" / "results.json")
+                             .read_text())["results"]["test"]["accuracy"] for seed in (0, 1)]
+    assert table[0]["accuracy"]["test"]["mean"] == pytest.approx(np.mean(accuracies), abs=1e-15)
+    # Rerun: everything is finished, nothing runs again.
+    again = _sweep(client, out, "learning-rate=1e-3,5e-4 seed=0,1", SWEEP_RUN)
+    stdout, _ = again.communicate(timeout=60)
+    assert again.returncode == 0 and "4 runs, 4 finished before" in stdout
+
+
+def test_a_failed_run_is_reported_with_its_reason(client, tmp_path):
+    out = tmp_path / "sweep"
+    assert SWEEP_RUN[2:4] == ["--classes", "3"]
+    short = [*SWEEP_RUN[:2], *SWEEP_RUN[4:SWEEP_RUN.index("--meta-iters")], "--meta-iters", "2",
+             "--eval-samples", "1"]
+    sweep = _sweep(client, out, "classes=3,101", short)  # the synthetic test split has 100
+    stdout, stderr = sweep.communicate(timeout=60)
+    assert sweep.returncode == 1, stderr
+    assert "- classes=101: exit status 2: " in stdout and "--classes 101 is more than" in stdout
+    table = json.loads((out / "table.json").read_text())
+    assert [(row["flags"], row["finished"], len(row["failed"])) for row in table] == [
+        ({"classes": "3"}, 1, 0), ({"classes": "101"}, 0, 1)]
