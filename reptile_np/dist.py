@@ -58,7 +58,7 @@ scheduler's round trip a few ms, so 16 of them keep the overhead to a few per ce
 README's "Scaling out" for the measurement); a list shorter than one chunk per worker
 thread is dealt out evenly instead (a meta-batch of 5 on 2 workers: 3 + 2)."""
 
-CHUNK_BYTES = 8 << 20
+CHUNK_BYTES = 4 << 20
 """A chunk's largest size in array bytes (3 Mini-ImageNet evaluation tasks): the scheduler
 relays every chunk, and warns about tasks over 10 MB."""
 

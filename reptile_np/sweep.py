@@ -115,7 +115,11 @@ def run_sweep(args):
                            f"train flags.")
     runs = plan_runs(args.grid, train_flags, args.out)
     for _, _, argv in runs:
-        parsed = build_parser().parse_args(argv)  # a bad flag: one line, exit 2, before any run
+        # A bad value: argparse's one line and exit status 2, before any run starts.
+        parsed, unknown = build_parser().parse_known_args(argv)
+        if unknown:
+            raise CommandError(f"{unknown[0]} (in --grid or after --) is not a flag of "
+                               f"reptile-np train.")
         if parsed.eval_samples == 0:
             raise CommandError("--eval-samples 0: the sweep's table is of the runs' final "
                                "accuracies; give at least one evaluation task.")
