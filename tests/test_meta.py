@@ -214,13 +214,18 @@ def test_reptile_epsilon_one_is_mean_of_phis_and_zero_is_identity(replacement):
     np.testing.assert_array_equal(unchanged, theta)
 
 
-def test_adam_state_flows_across_tasks_and_iterations():
-    """One persistent Adam state: t counts every inner step of every task (paper notes §1.1)."""
+def _sine_meta_batch(num_tasks):
+    """A small sine MLP, its float64 theta and ``num_tasks`` regression tasks of 10 points."""
     model = models.sine_mlp(hidden=(8, 8))
     generator = make_rng(2)
     theta = model.init(generator, np.float64)
+    return model, theta, [regression_task(generator, 10) for _ in range(num_tasks)]
+
+
+def test_adam_state_flows_across_tasks_and_iterations():
+    """One persistent Adam state: t counts every inner step of every task (paper notes §1.1)."""
     B, k = 3, 4
-    tasks = [regression_task(generator, 10) for _ in range(B)]
+    model, theta, tasks = _sine_meta_batch(B)
     adam = optim.Adam(model.num_params, lr=0.01, dtype=np.float64)
     new = meta.reptile_step(model, theta, tasks, adam, make_rng(3), 5, k, 0.5)
     assert adam.t == B * k
@@ -250,11 +255,8 @@ def test_independent_tasks_start_from_one_snapshot_and_carry_the_mean_state():
     """`independent_reptile_step` (--parallel-tasks): every task adapts from the state at
     the start of the meta-iteration, the mean of the tasks' end states is carried on, and
     with one task it is the paper's `reptile_step`, bit for bit."""
-    model = models.sine_mlp(hidden=(8, 8))
-    generator = make_rng(2)
-    theta = model.init(generator, np.float64)
-    B, k = 3, 4
-    tasks = [regression_task(generator, 10) for _ in range(B)]
+    k = 4
+    model, theta, tasks = _sine_meta_batch(3)
     warm = optim.Adam(model.num_params, lr=0.01, dtype=np.float64)
     meta.reptile_step(model, theta, tasks, warm, make_rng(1), 5, k, 0.5)  # a non-fresh state
     start = warm.snapshot()
