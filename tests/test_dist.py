@@ -15,19 +15,24 @@ import pytest
 distributed = pytest.importorskip("distributed", reason="the dist extra (dask[distributed]) "
                                                         "is not installed")
 
+import dask  # noqa: E402
+
 from reptile_np import __version__, cli, dist, evaluate as evaluation, kernels, optim, threads, train  # noqa: E402
 from reptile_np.data.synthetic import load_synthetic  # noqa: E402
 from reptile_np.layers import BatchNorm2d, Conv2d, Flatten, Linear, ReLU  # noqa: E402
 from reptile_np.models import Sequential  # noqa: E402
+from reptile_np.workers import THREAD_VARIABLES  # noqa: E402
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def client():
-    """Two worker processes of one thread each on 127.0.0.1, for the whole module."""
-    with distributed.LocalCluster(processes=True, n_workers=2, threads_per_worker=1,
-                                  host="127.0.0.1", dashboard_address=None) as cluster, \
+    """Two worker processes of one thread each on 127.0.0.1, for the whole module (without
+    Dask's pre-spawn environment, which would be written into this process's)."""
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": {}}), \
+            distributed.LocalCluster(processes=True, n_workers=2, threads_per_worker=1,
+                                     host="127.0.0.1", dashboard_address=None) as cluster, \
             distributed.Client(cluster, timeout=30) as connected:
         connected.wait_for_workers(2, timeout=30)
         yield connected
@@ -89,6 +94,18 @@ def test_every_chunk_runs_with_the_clients_backend_and_one_blas_thread(backend, 
     seen = list(executor.map(_worker_settings, range(12), None))
     assert {(name, count) for name, count, _ in seen} == {(backend, 1)}
     assert len({pid for _, _, pid in seen}) == 2  # both workers took chunks
+
+
+def test_a_local_cluster_leaves_the_thread_settings_of_this_process_alone(monkeypatch):
+    """connect("local:N"): its workers compute with one BLAS thread, and this process's
+    thread and allocator variables are as they were (Dask's default pre-spawn environment
+    would set them here)."""
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")
+    watched = (*THREAD_VARIABLES, "MALLOC_TRIM_THRESHOLD_")
+    before = {name: os.environ.get(name) for name in watched}
+    with dist.connect("local:1", worker_threads=1) as executor:
+        assert {count for _, count, _ in executor.map(_worker_settings, range(2), None)} == {1}
+    assert {name: os.environ.get(name) for name in watched} == before
 
 
 def test_parallel_meta_batch_equals_its_serial_twin(executor):
