@@ -29,7 +29,8 @@ matter.)
 
 Failures: a worker lost mid-chunk is the scheduler's to handle -- it reruns the chunk on
 another worker, and gives up with ``KilledWorker`` after ``distributed.scheduler.
-allowed-failures`` (3) deaths, which becomes one ConnectionError line here. An exception
+allowed-failures`` (3) deaths, or cancels the chunk when every worker holding the
+scattered context died; either becomes one ConnectionError line here. An exception
 inside a chunk (a ValueError, a worker whose Numba does not import) is raised here as it
 was raised there. An unreachable scheduler, a cluster without workers and mismatched
 versions are each one line, within seconds (`connect`'s ``timeout``).
@@ -38,6 +39,7 @@ versions are each one line, within seconds (`connect`'s ``timeout``).
 ``dist`` (``pip install 'reptile-np[dist]'``).
 """
 import collections
+import concurrent.futures
 import contextlib
 import copy
 import logging
@@ -253,9 +255,13 @@ class DaskExecutor:
                 if time.monotonic() - idle_since > IDLE_TIMEOUT:
                     raise ConnectionError(f"the Dask cluster has had no workers for "
                                           f"{IDLE_TIMEOUT:g} s; start some, then rerun.") from None
-            except distributed.KilledWorker as error:
+            except (distributed.KilledWorker, concurrent.futures.CancelledError) as error:
+                # KilledWorker: the chunk's own workers died; cancelled: so did every worker
+                # that held the scattered context.
+                future.cancel()
                 raise ConnectionError(f"Dask gave up on a chunk of work: every worker that ran "
-                                      f"it died ({_first_line(error)}).") from None
+                                      f"it, or held its context, died ({_first_line(error)}).") \
+                    from None
 
 
 def _chunks(items, size):

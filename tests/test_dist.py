@@ -29,8 +29,11 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def client():
     """Two worker processes of one thread each on 127.0.0.1, for the whole module (without
-    Dask's pre-spawn environment, which would be written into this process's)."""
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": {}}), \
+    Dask's pre-spawn environment, which would be written into this process's). A task may
+    lose one worker and be rerun, not three (Dask's default), to keep the test of a task
+    that kills every worker short."""
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": {},
+                          "distributed.scheduler.allowed-failures": 1}), \
             distributed.LocalCluster(processes=True, n_workers=2, threads_per_worker=1,
                                      host="127.0.0.1", dashboard_address=None) as cluster, \
             distributed.Client(cluster, timeout=30) as connected:
@@ -149,6 +152,19 @@ def test_a_chunk_whose_worker_dies_is_rerun_elsewhere(executor, tmp_path):
     start = time.monotonic()
     assert list(executor.map(_die_once, range(6), str(tmp_path / "died"))) == list(range(6))
     assert (tmp_path / "died").exists() and time.monotonic() - start < 30
+
+
+def _always_die(context, item):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_chunk_that_kills_every_worker_is_one_line(executor):
+    start = time.monotonic()
+    with pytest.raises(ConnectionError, match="Dask gave up on a chunk of work: every worker "
+                                              "that ran it, or held its context, died"):
+        list(executor.map(_always_die, range(1), None))
+    assert time.monotonic() - start < 30
+    executor.client.wait_for_workers(2, timeout=30)  # the nannies restart them, for the next tests
 
 
 def test_unreachable_scheduler_is_one_line_within_seconds():
