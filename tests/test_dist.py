@@ -139,6 +139,26 @@ def test_parallel_meta_batch_equals_its_serial_twin(executor):
     assert not np.array_equal(paper_theta, runs[None][0][0])
 
 
+def test_train_parallel_tasks_on_the_scheduler_is_the_serial_run(client, tmp_path):
+    """`train --parallel-tasks --scheduler`: the meta-batches and the final evaluation run
+    on the cluster, and the checkpoint and the accuracies are the serial run's."""
+    flags = [*SWEEP_RUN[:SWEEP_RUN.index("--meta-iters")], "--meta-iters", "4",
+             "--eval-samples", "6", "--parallel-tasks"]
+    assert cli.main(["train", *flags, "--checkpoint", str(tmp_path / "serial")]) == 0
+    with distributed.get_task_stream(client) as stream:
+        assert cli.main(["train", *flags, "--checkpoint", str(tmp_path / "cluster"),
+                         "--scheduler", client.scheduler.address]) == 0
+    # The cluster did the work: 4 meta-batches of 2 tasks dealt out to the 2 workers, one
+    # chunk each, and 2 splits of 6 evaluation tasks, one chunk each.
+    assert sum(task["key"].startswith("run_chunk") for task in stream.data) == 4 * 2 + 2
+    serial, cluster = (np.load(tmp_path / name / "checkpoint.npz") for name in ("serial", "cluster"))
+    for member in ("theta", "optimizer/m", "optimizer/v", "optimizer/t"):
+        np.testing.assert_array_equal(cluster[member], serial[member])
+    results = [json.loads((tmp_path / name / "results-2shot-nontransductive.json").read_text())
+               for name in ("serial", "cluster")]
+    assert results[0]["results"] == results[1]["results"]
+
+
 def _die_once(marker, item):
     """The item back; the first call (of any worker) SIGKILLs its own worker process."""
     try:
