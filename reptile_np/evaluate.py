@@ -91,7 +91,8 @@ def evaluate(model, theta, optimizer, split, num_classes, num_shots, eval_batch,
 
     Raises:
         ValueError: naming ``num_shots`` or ``num_tasks`` (integers >= 1), ``workers``
-            (neither an integer >= 1 nor an executor), or an argument `_check_adaptation` checks; `sample_task` checks the split.
+            (neither an integer >= 1 nor an executor), or an argument `_check_adaptation`
+            checks; `sample_task` checks the split.
     """
     _check_adaptation(model, theta, num_classes, eval_batch, eval_iters, rng)
     checks.integer("num_shots", num_shots)

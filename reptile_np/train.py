@@ -48,7 +48,7 @@ class TrainConfig:
     sgd: bool = False
     step_weights: tuple = None       # section 6.2: outer update from a weighted sum of inner steps
     seed: int = 0
-    parallel_tasks: bool = False     # independent tasks (meta.independent_reptile_step), not the paper's chain
+    parallel_tasks: bool = False     # independent tasks: meta.independent_reptile_step
 
     @property
     def shots_for_training(self):

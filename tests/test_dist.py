@@ -17,7 +17,8 @@ distributed = pytest.importorskip("distributed", reason="the dist extra (dask[di
 
 import dask  # noqa: E402
 
-from reptile_np import __version__, cli, dist, evaluate as evaluation, kernels, optim, threads, train  # noqa: E402
+from reptile_np import __version__, cli, dist, kernels, optim, threads, train  # noqa: E402
+from reptile_np import evaluate as evaluation  # noqa: E402
 from reptile_np.data.synthetic import load_synthetic  # noqa: E402
 from reptile_np.layers import BatchNorm2d, Conv2d, Flatten, Linear, ReLU  # noqa: E402
 from reptile_np.models import Sequential  # noqa: E402
@@ -151,7 +152,7 @@ def test_train_parallel_tasks_on_the_scheduler_is_the_serial_run(client, tmp_pat
     # The cluster did the work: 4 meta-batches of 2 tasks dealt out to the 2 workers, one
     # chunk each, and 2 splits of 6 evaluation tasks, one chunk each.
     assert sum(task["key"].startswith("run_chunk") for task in stream.data) == 4 * 2 + 2
-    serial, cluster = (np.load(tmp_path / name / "checkpoint.npz") for name in ("serial", "cluster"))
+    serial, cluster = (np.load(tmp_path / run / "checkpoint.npz") for run in ("serial", "cluster"))
     for member in ("theta", "optimizer/m", "optimizer/v", "optimizer/t"):
         np.testing.assert_array_equal(cluster[member], serial[member])
     results = [json.loads((tmp_path / name / "results-2shot-nontransductive.json").read_text())
