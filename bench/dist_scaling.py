@@ -52,10 +52,17 @@ def time_evaluation(executor, tasks):
     splits, config, model = problem("Omniglot", 1)
     theta = model.init(np.random.default_rng(0), np.float32)
     optimizer = train.make_optimizer(config, model.num_params, np.float32)
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     _, _, accuracies = evaluate.evaluate(model, theta, optimizer, splits["test"], 5, 5, 5, 50,
                                          tasks, np.random.default_rng(1), workers=executor)
-    return tasks / (time.perf_counter() - start), accuracies
+    elapsed = time.perf_counter() - start
+    CLIENT_CPU[executor] = (time.process_time() - start_cpu) / elapsed
+    return tasks / elapsed, accuracies
+
+
+CLIENT_CPU = {}
+"""This process's CPU time per second of wall time, in the last evaluation on each executor:
+with a ``local:N`` cluster, its scheduler, nannies and client all run here."""
 
 
 def time_meta_batch(executor, name, meta_iters):
@@ -95,13 +102,14 @@ def main():
     time_meta_batch(None, "Omniglot", 1)
     columns = {"serial": InProcess()}
     rows = {label: [measure(columns["serial"])] for label, measure in measurements}
-    costs = []
+    costs, client_cpu = [], []
     for workers in (1, 2):
         with dist.connect(f"local:{workers}") as executor:
             costs.append(chunk_cost(executor))
             for label, measure in measurements:
                 measure(executor)  # each worker's Numba kernels compiled or loaded
                 rows[label].append(measure(executor))
+            client_cpu.append(CLIENT_CPU[executor])
     print("| work | serial | 1 worker | 2 workers | 1-worker overhead | 2-worker speed-up |")
     print("|---|---|---|---|---|---|")
     for label, results in rows.items():
@@ -111,6 +119,8 @@ def main():
         print(f"| {label} | {rates[0]:.2f} | {rates[1]:.2f} | {rates[2]:.2f} | "
               f"{100 * (rates[0] / rates[1] - 1):+.1f}% | {rates[2] / rates[0]:.2f}x |")
     print(f"| scheduler cost per chunk (no-op item), ms | | {costs[0]:.1f} | {costs[1]:.1f} | | |")
+    print(f"| this process's CPU during the evaluation, % of a core | | "
+          f"{100 * client_cpu[0]:.0f} | {100 * client_cpu[1]:.0f} | | |")
 
 
 if __name__ == "__main__":
