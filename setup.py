@@ -19,6 +19,7 @@ setup(
         "plot": ["matplotlib>=3.5"],
         "data": ["Pillow>=9.1"],
         "jax": ["jax>=0.4"],
+        "dist": ["dask[distributed]>=2023.1"],
     },
     entry_points={"console_scripts": ["reptile-np=reptile_np.cli:main"]},
 )

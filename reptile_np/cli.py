@@ -25,6 +25,7 @@ from . import __version__, experiments, kernels, theory
 from .conformance import command as conformance
 from .predict import add_predict_parser
 from .runtime import keep_freed_memory
+from .sweep import add_sweep_parser
 
 DATASETS = ("omniglot", "miniimagenet", "synthetic", "folder")
 
@@ -51,8 +52,11 @@ CONFIG_FIELDS = {
     "eval_batch": "eval_batch_size", "eval_iters": "eval_iters",
     "eval_interval": "eval_interval", "weight_decay": "weight_decay",
     "transductive": "transductive", "foml": "foml", "foml_tail": "foml_tail", "sgd": "sgd",
-    "step_weights": "step_weights"}
+    "step_weights": "step_weights", "parallel_tasks": "parallel_tasks"}
 """Each `TrainConfig` field's flag (argparse dest)."""
+
+FIELDS_ADDED_LATER = {"parallel_tasks": False}
+"""`TrainConfig` fields that checkpoints written before them lack, with the value they had."""
 
 EVALUATION_FLAGS = ("shots", "eval_batch", "eval_iters", "transductive")
 """Training flags that ``eval`` may change: they choose how the checkpoint is evaluated, and
@@ -349,6 +353,19 @@ def add_run_flags(parser, command):
     ours.add_argument("--eval-workers", type=_positive_int, default=1,
                       help="processes for the final evaluation, one thread each (about one per "
                            "core); the accuracies do not depend on it")
+    ours.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                      help="run the final evaluation (and --parallel-tasks) on the Dask "
+                           "scheduler at ADDRESS (tcp://host:8786), or on a local cluster of N "
+                           "one-thread worker processes for local:N; needs the dist extra; the "
+                           "accuracies do not depend on it")
+    ours.add_argument("--worker-threads", type=_positive_int, default=1,
+                      help="with --scheduler: threads of each worker task's kernels")
+    if train:
+        _add(ours, "parallel_tasks", False,
+             "adapt to the tasks of a meta-batch independently, each from a snapshot of the "
+             "inner Adam state, which then becomes the tasks' mean state (a deviation from "
+             "the paper's chained state, see meta.independent_reptile_step); on --scheduler's "
+             "workers if given", suppress, action="store_true")
     add_threads_flag(ours)
 
 
@@ -398,6 +415,21 @@ def load_splits(dataset, data_dir, split, seed, image_size=RUN_DEFAULTS["image_s
 
 
 def run_train(args):
+    """`train` and `eval`, with ``--scheduler``'s cluster (if given) open throughout."""
+    import contextlib
+    if args.scheduler and args.eval_workers != 1:
+        raise CommandError("--scheduler and --eval-workers both choose where the evaluation "
+                           "runs; pass one of them.")
+    if args.scheduler:
+        from .dist import connect
+        cluster = connect(args.scheduler, args.worker_threads)
+    else:
+        cluster = contextlib.nullcontext(args.eval_workers)
+    with cluster as executor:
+        return _train_or_evaluate(args, executor)
+
+
+def _train_or_evaluate(args, executor):
     from . import models, train
     from .checkpoint import load_checkpoint
     from .files import ensure_writable_dir
@@ -470,11 +502,12 @@ def run_train(args):
         theta = model.init(np.random.default_rng(config.seed), np.float32)
     if not args.pretrained:
         theta = train.meta_train(model, theta, optimizer, splits, config, start_iteration, path,
-                                 args.checkpoint_every, args.log, sys.stderr, run_info)
+                                 args.checkpoint_every, args.log, sys.stderr, run_info,
+                                 executor if args.scheduler else None)
         start_iteration = config.meta_iters
     if results_path:
         _evaluate_and_write(args, model, theta, optimizer, splits, config, run_info,
-                            start_iteration, results_path)
+                            start_iteration, results_path, executor)
     if lock is not None:
         lock.close()
     return 0
@@ -499,11 +532,12 @@ def _model_name(settings, given):
 
 
 def _evaluate_and_write(args, model, theta, optimizer, splits, config, run_info, iteration,
-                        results_path):
-    """The final evaluation on every split: print the table, write the results file."""
+                        results_path, executor):
+    """The final evaluation on every split (on ``executor``, see `reptile_np.workers`):
+    print the table, write the results file."""
     from .evaluate import evaluate_splits
     results = evaluate_splits(model, theta, optimizer, splits, config, args.eval_samples,
-                              args.eval_workers, sys.stderr)
+                              executor, sys.stderr)
     mode = "transductive" if config.transductive else "non-transductive"
     print(f"\n{config.num_classes}-way {config.num_shots}-shot, {mode}, "
           f"{args.eval_samples} tasks per split:")
@@ -537,7 +571,7 @@ def _stored_settings(metadata, path):
     """The training flags a checkpoint was trained with: ``{flag dest: value}``."""
     stored = metadata.get("config") or {}
     try:
-        config = stored["train"]
+        config = {**FIELDS_ADDED_LATER, **stored["train"]}
         settings = {dest: config[field] for dest, field in CONFIG_FIELDS.items()}
         settings.update({key: stored[key] for key in RUN_DEFAULTS if key not in IMAGE_FLAGS})
         # Checkpoints from before --dataset folder do not record the image shape; their
@@ -783,6 +817,7 @@ def build_parser():
     theory.add_theory_parser(subparsers)
     experiments.add_experiment_parser(subparsers)
     conformance.add_conformance_parser(subparsers)
+    add_sweep_parser(subparsers)
     return parser
 
 

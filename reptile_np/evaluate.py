@@ -13,10 +13,11 @@ snapshot of the inner optimiser's state (thrown away afterwards), then predict:
 BatchNorm always uses batch statistics, which is why the two protocols differ.
 
 The tasks are independent (each starts from theta and the same optimiser state), so
-`evaluate` can adapt to them in several processes (``workers``, see `reptile_np.workers`).
-The tasks and their mini-batches are still drawn in this process, in the serial order,
-and every worker runs single-threaded kernels, so the accuracies are identical for any
-number of workers.
+`evaluate` can adapt to them in several processes (``workers``, see `reptile_np.workers`)
+or on a Dask cluster (an executor, see `reptile_np.dist`). The tasks and their
+mini-batches are still drawn in this process, in the serial order, and every worker runs
+single-threaded kernels of this process's backend, so the accuracies are identical for
+any number of workers.
 
 The result is the mean accuracy over tasks with a 95% confidence interval
 (`mean_confidence_interval`).
@@ -26,7 +27,7 @@ import numpy as np
 from . import checks
 from .data.tasks import sample_task, split_eval_task
 from .meta import inner_loop, minibatches
-from .workers import map_in_processes
+from .workers import executor
 
 
 def query_logits(model, phi, train_x, query_x, transductive):
@@ -112,29 +113,27 @@ def evaluate(model, theta, optimizer, split, num_classes, num_shots, eval_batch,
         split: the `reptile_np.data.tasks.ClassImages` to draw tasks from.
         num_shots: K; every task is drawn with K+1 examples per class.
         progress: optional `reptile_np.progress.Progress` updated as tasks finish.
-        workers: processes that adapt to the tasks (1: this process alone). More workers
-            give the same accuracies, sooner when there are cores to run them.
+        workers: processes that adapt to the tasks (1: this process alone), or an
+            executor (`reptile_np.workers.executor`), e.g. a `reptile_np.dist.DaskExecutor`.
+            More workers give the same accuracies, sooner when there are cores to run them.
 
     Returns:
         ``(accuracy, ci95_half_width, per_task_accuracies)``; the accuracy equals
         total correct / (num_tasks * num_classes), as the paper's code reports it.
 
     Raises:
-        ValueError: naming ``num_shots``, ``num_tasks`` or ``workers`` (integers >= 1),
-            or an argument `_check_adaptation` checks; `sample_task` checks the split.
+        ValueError: naming ``num_shots`` or ``num_tasks`` (integers >= 1), ``workers``
+            (neither an integer >= 1 nor an executor), or an argument `_check_adaptation`
+            checks; `sample_task` checks the split.
     """
     _check_adaptation(model, theta, num_classes, eval_batch, eval_iters, rng)
     checks.integer("num_shots", num_shots)
     checks.integer("num_tasks", num_tasks)
-    checks.integer("workers", workers)
+    run = executor(workers)
     tasks = _draw_tasks(split, num_classes, num_shots, eval_batch, eval_iters, num_tasks, rng,
                         replacement, theta.dtype)
     settings = (num_classes, transductive, reduction, weight_decay)
-    if workers == 1:
-        counts = (adapt_and_count(model, theta, optimizer, task, batches, *settings)
-                  for task, batches in tasks)
-    else:
-        counts = map_in_processes(_count_task, tasks, workers, (model, theta, optimizer, settings))
+    counts = run.map(_count_task, tasks, (model, theta, optimizer, settings))
     accuracies = _collect(counts, num_tasks, num_classes, progress)
     mean, half_width = mean_confidence_interval(accuracies)
     return mean, half_width, accuracies
@@ -209,7 +208,7 @@ def _collect(counts, num_tasks, num_classes, progress):
 
 
 def _count_task(context, task_and_batches):
-    """`adapt_and_count` in a worker process: ``context`` is (model, theta, optimizer, settings)."""
+    """`adapt_and_count` for an executor: ``context`` is (model, theta, optimizer, settings)."""
     model, theta, optimizer, settings = context
     task, batches = task_and_batches
     return adapt_and_count(model, theta, optimizer, task, batches, *settings)

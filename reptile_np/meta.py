@@ -180,9 +180,82 @@ def reptile_step(model, theta, tasks, optimizer, rng, inner_batch, inner_iters, 
     for x, y in tasks:
         batches = minibatches(len(y), inner_batch, inner_iters, rng, replacement)
         phis.append(inner_loop(model, theta, x, y, batches, optimizer, reduction, weight_decay))
+    return interpolate(theta, phis, epsilon)
+
+
+def interpolate(theta, phis, epsilon):
+    """Reptile's outer update ``theta + epsilon * (mean_j phi_j - theta)``."""
     # One task (serial Reptile): the mean is that phi (np.mean would only copy it).
     mean_phi = phis[0] if len(phis) == 1 else np.mean(phis, axis=0)
     return theta + theta.dtype.type(epsilon) * (mean_phi - theta)
+
+
+def independent_reptile_step(model, theta, tasks, optimizer, rng, inner_batch, inner_iters,
+                             epsilon, replacement=False, reduction="sum", weight_decay=1.0,
+                             executor=None):
+    """One meta-iteration of Reptile whose tasks are independent (``--parallel-tasks``).
+
+    A deviation from the paper's code, where the inner Adam state is a chain: task j+1
+    starts from the state task j ended with. Here every task starts from a snapshot of
+    the state at the start of the meta-iteration, S = (m, v, t), so the tasks can run at
+    once (``executor``). Task j ends with S_j = (m_j, v_j, t + inner_iters), and the state
+    carried into the next meta-iteration is their mean,
+    ``(mean_j m_j, mean_j v_j, t + inner_iters)`` (`reptile_np.optim.mean_state`):
+
+    * like the outer update (the mean of the phi_j), it takes every task of the
+      meta-batch into account and does not depend on their order, which is what makes
+      the tasks independent -- any other choice (the last task's state) would privilege
+      one task of a meta-batch that has no order any more;
+    * v is Adam's running estimate of the squared gradient; the mean of the tasks'
+      estimates is the estimate over the meta-batch, which is what the chain estimates
+      too, with every task weighted alike instead of the later ones more;
+    * ``t`` advances by ``inner_iters`` per meta-iteration, not ``B * inner_iters``: the
+      bias correction of a state that saw ``inner_iters`` steps of each task;
+    * with one task per meta-batch (the paper's Omniglot and Mini-ImageNet runs use 5,
+      its defaults 1) it is exactly `reptile_step`, bit for bit; with ``--sgd`` (no
+      state) it is `reptile_step` for any meta-batch.
+
+    The mini-batches are drawn from ``rng`` in this process, task after task, as
+    `reptile_step` draws them, so the result does not depend on where the tasks run.
+
+    Args:
+        executor: where the tasks adapt (`reptile_np.workers.executor`): None runs them
+            here, one after another -- the serial twin that a
+            `reptile_np.dist.DaskExecutor` reproduces bit for bit.
+        Others: as `reptile_step`.
+
+    Returns:
+        The new theta, as `reptile_step`; ``optimizer`` then holds the mean state.
+
+    Raises:
+        ValueError: see `_check_step_arguments`.
+    """
+    from .optim import mean_state
+    from .workers import executor as as_executor
+    _check_step_arguments(model, theta, tasks, rng, inner_batch, inner_iters, epsilon)
+    items = [(x, y, minibatches(len(y), inner_batch, inner_iters, rng, replacement))
+             for x, y in tasks]
+    context = (model, theta, optimizer, optimizer.snapshot(), reduction, weight_decay)
+    phis, states = zip(*as_executor(executor or 1).map(adapt_from_snapshot, items, context))
+    optimizer.restore(mean_state(states))
+    return interpolate(theta, phis, epsilon)
+
+
+def adapt_from_snapshot(context, task):
+    """`inner_loop` for one task of `independent_reptile_step`, from the snapshot state.
+
+    Args:
+        context: ``(model, theta, optimizer, state, reduction, weight_decay)``.
+        task: ``(x, y, batches)``.
+
+    Returns:
+        ``(phi, the optimiser's state after the task)``.
+    """
+    model, theta, optimizer, state, reduction, weight_decay = context
+    x, y, batches = task
+    optimizer.restore(state)
+    phi = inner_loop(model, theta, x, y, batches, optimizer, reduction, weight_decay)
+    return phi, optimizer.snapshot()
 
 
 def fomaml_step(model, theta, tasks, optimizer, rng, inner_batch, inner_iters, epsilon,

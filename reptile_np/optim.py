@@ -168,3 +168,30 @@ class Adam:
     def __repr__(self):
         return (f"Adam(lr={self.lr}, beta1={self.beta1}, beta2={self.beta2}, eps={self.eps}, "
                 f"t={self.t})")
+
+
+def mean_state(states):
+    """The optimiser state whose every moment is the mean of the ``states``' (in order).
+
+    For `Adam` snapshots: ``{"m": mean m, "v": mean v, "t": t}``, whose step counts must
+    agree (states of tasks that took the same number of steps from one snapshot). For SGD
+    the empty state.
+
+    Raises:
+        ValueError: naming ``states`` (empty, or of different step counts or entries).
+    """
+    states = list(states)
+    if not states or any(sorted(state) != sorted(states[0]) for state in states):
+        raise ValueError(f"states: expected one or more snapshots with the same entries, got "
+                         f"{[sorted(state) for state in states]}.")
+    if not states[0]:
+        return {}
+    counts = {int(state["t"]) for state in states}
+    if len(counts) != 1:
+        raise ValueError(f"states: expected snapshots of one step count, got {sorted(counts)}.")
+
+    def mean(key):
+        # One state: itself (np.mean would only copy it).
+        return states[0][key] if len(states) == 1 else np.mean([s[key] for s in states], axis=0)
+
+    return {"m": mean("m"), "v": mean("v"), "t": np.int64(counts.pop())}

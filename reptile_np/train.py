@@ -48,6 +48,7 @@ class TrainConfig:
     sgd: bool = False
     step_weights: tuple = None       # section 6.2: outer update from a weighted sum of inner steps
     seed: int = 0
+    parallel_tasks: bool = False     # independent tasks: meta.independent_reptile_step
 
     @property
     def shots_for_training(self):
@@ -93,6 +94,8 @@ def check_config(config, splits=None):
     if config.step_weights is not None and (config.foml or len(config.step_weights) != config.inner_iters):
         raise ValueError(f"--step-weights needs one weight per inner iteration "
                          f"({config.inner_iters}), got {len(config.step_weights)}, and no --foml.")
+    if config.parallel_tasks and (config.foml or config.step_weights is not None):
+        raise ValueError("--parallel-tasks runs Reptile only, not --foml or --step-weights.")
     if config.foml_tail is not None:
         if not config.foml:
             raise ValueError(f"--foml-tail {config.foml_tail} needs --foml.")
@@ -120,8 +123,11 @@ def check_config(config, splits=None):
                          f"class for evaluation (K support + 1 query), more than the data has.")
 
 
-def meta_iteration(model, theta, optimizer, train_split, config, iteration):
+def meta_iteration(model, theta, optimizer, train_split, config, iteration, executor=None):
     """One outer step: sample the meta-batch of tasks, adapt to each, update theta.
+
+    With ``config.parallel_tasks`` the tasks are independent
+    (`reptile_np.meta.independent_reptile_step`) and adapt on ``executor`` (None: here).
 
     Returns:
         ``(new_theta, epsilon)``: the updated parameters (``theta`` is left as it was) and
@@ -137,6 +143,10 @@ def meta_iteration(model, theta, optimizer, train_split, config, iteration):
         new_theta = meta.combination_step(model, theta, tasks, optimizer, rng,
                                           config.inner_batch_size, config.inner_iters, epsilon,
                                           config.step_weights, **common)
+    elif config.parallel_tasks:
+        new_theta = meta.independent_reptile_step(model, theta, tasks, optimizer, rng,
+                                                  config.inner_batch_size, config.inner_iters,
+                                                  epsilon, executor=executor, **common)
     elif config.foml:
         new_theta = meta.fomaml_step(model, theta, tasks, optimizer, rng, config.inner_batch_size,
                                      config.inner_iters, epsilon, tail_shots=config.foml_tail,
@@ -156,7 +166,8 @@ def quick_accuracy(model, theta, optimizer, split, config, rng):
 
 
 def meta_train(model, theta, optimizer, splits, config, start_iteration=0, checkpoint_path=None,
-               checkpoint_every=1000, log_path=None, progress_stream=None, run_info=None):
+               checkpoint_every=1000, log_path=None, progress_stream=None, run_info=None,
+               executor=None):
     """Meta-train from ``start_iteration`` to ``config.meta_iters``.
 
     Every ``config.eval_interval`` iterations, one train task and one test task are
@@ -173,6 +184,8 @@ def meta_train(model, theta, optimizer, splits, config, start_iteration=0, check
         checkpoint_path: write a checkpoint there every ``checkpoint_every`` iterations
             and at the end (None: never).
         run_info: JSON-serialisable dict stored in checkpoints beside the config.
+        executor: where the tasks of a meta-batch adapt with ``config.parallel_tasks``
+            (see `meta_iteration`).
 
     Returns:
         The meta-trained theta.
@@ -190,7 +203,7 @@ def meta_train(model, theta, optimizer, splits, config, start_iteration=0, check
     try:
         for iteration in range(start_iteration, config.meta_iters):
             new_theta, epsilon = meta_iteration(model, theta, optimizer, splits["train"], config,
-                                                iteration)
+                                                iteration, executor)
             if not np.all(np.isfinite(new_theta)):
                 raise FloatingPointError(
                     f"theta became non-finite at meta-iteration {iteration}; lower "

@@ -5,6 +5,13 @@ draws the items (e.g. evaluation tasks with their mini-batches) in its own order
 workers compute, and the results come back in that same order, so they are those of a
 serial run. Each worker starts with one BLAS/OpenMP/Numba thread: a worker per core, and
 no thread pools fighting over the cores.
+
+The executor seam: library code that runs independent pieces of work takes an
+*executor*, any object with ``map(function, items, context)`` that returns
+``function(context, item)`` for every item, lazily and in the order of ``items``.
+`InProcess` runs them here, `LocalProcesses` in `map_in_processes`' pool, and
+`reptile_np.dist.DaskExecutor` on a Dask cluster. `executor` turns the ``workers=N``
+shorthand into one of the first two.
 """
 import collections
 import concurrent.futures
@@ -40,6 +47,37 @@ def map_in_processes(function, items, workers, context):
     checks.integer("workers", workers)
     with worker_pool(workers, context) as pool:
         yield from _in_order(pool, function, items, in_flight=4 * workers)
+
+
+class InProcess:
+    """The executor that calls the function here, item by item, with ``context`` itself
+    (not a copy: the serial evaluation adapts with the caller's optimiser and restores it)."""
+
+    def map(self, function, items, context):
+        return (function(context, item) for item in items)
+
+
+class LocalProcesses:
+    """The executor of `map_in_processes`: ``workers`` fresh local processes per `map`."""
+
+    def __init__(self, workers):
+        self.workers = checks.integer("workers", workers)
+
+    def map(self, function, items, context):
+        return map_in_processes(function, items, self.workers, context)
+
+
+def executor(workers):
+    """The executor for ``workers``: `InProcess` for 1, `LocalProcesses` for more, and an
+    executor (anything with a ``map`` method) as it is.
+
+    Raises:
+        ValueError: naming ``workers`` (neither an integer >= 1 nor an executor).
+    """
+    if callable(getattr(workers, "map", None)):
+        return workers
+    checks.integer("workers", workers)
+    return InProcess() if workers == 1 else LocalProcesses(workers)
 
 
 def _in_order(pool, function, items, in_flight):

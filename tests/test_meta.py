@@ -214,13 +214,18 @@ def test_reptile_epsilon_one_is_mean_of_phis_and_zero_is_identity(replacement):
     np.testing.assert_array_equal(unchanged, theta)
 
 
-def test_adam_state_flows_across_tasks_and_iterations():
-    """One persistent Adam state: t counts every inner step of every task (paper notes §1.1)."""
+def _sine_meta_batch(num_tasks):
+    """A small sine MLP, its float64 theta and ``num_tasks`` regression tasks of 10 points."""
     model = models.sine_mlp(hidden=(8, 8))
     generator = make_rng(2)
     theta = model.init(generator, np.float64)
+    return model, theta, [regression_task(generator, 10) for _ in range(num_tasks)]
+
+
+def test_adam_state_flows_across_tasks_and_iterations():
+    """One persistent Adam state: t counts every inner step of every task (paper notes §1.1)."""
     B, k = 3, 4
-    tasks = [regression_task(generator, 10) for _ in range(B)]
+    model, theta, tasks = _sine_meta_batch(B)
     adam = optim.Adam(model.num_params, lr=0.01, dtype=np.float64)
     new = meta.reptile_step(model, theta, tasks, adam, make_rng(3), 5, k, 0.5)
     assert adam.t == B * k
@@ -244,6 +249,49 @@ def test_adam_state_flows_across_tasks_and_iterations():
     assert adam.t == 3 * B * k
     meta.combination_step(model, new, tasks, adam, make_rng(6), 5, k, 0.5, [1.0] * k)
     assert adam.t == 4 * B * k
+
+
+def test_independent_tasks_start_from_one_snapshot_and_carry_the_mean_state():
+    """`independent_reptile_step` (--parallel-tasks): every task adapts from the state at
+    the start of the meta-iteration, the mean of the tasks' end states is carried on, and
+    with one task it is the paper's `reptile_step`, bit for bit."""
+    k = 4
+    model, theta, tasks = _sine_meta_batch(3)
+    warm = optim.Adam(model.num_params, lr=0.01, dtype=np.float64)
+    meta.reptile_step(model, theta, tasks, warm, make_rng(1), 5, k, 0.5)  # a non-fresh state
+    start = warm.snapshot()
+
+    def adam_at_start():
+        adam = optim.Adam(model.num_params, lr=0.01, dtype=np.float64)
+        adam.restore(start)
+        return adam
+
+    adam = adam_at_start()
+    new = meta.independent_reptile_step(model, theta, tasks, adam, make_rng(3), 5, k, 0.5)
+    # By hand: each task from its own copy of the start state, batches drawn task by task.
+    rng, phis, ends = make_rng(3), [], []
+    for x, y in tasks:
+        own = adam_at_start()
+        phis.append(meta.inner_loop(model, theta, x, y, meta.minibatches(len(y), 5, k, rng), own))
+        ends.append(own.snapshot())
+    np.testing.assert_array_equal(new, theta + 0.5 * (np.mean(phis, axis=0) - theta))
+    assert adam.t == start["t"] + k
+    for key in ("m", "v"):
+        np.testing.assert_array_equal(getattr(adam, key), np.mean([e[key] for e in ends], axis=0))
+    # The paper's chained state gives another update ...
+    chained = meta.reptile_step(model, theta, tasks, adam_at_start(), make_rng(3), 5, k, 0.5)
+    assert rel_error(new - theta, chained - theta) > 1e-6
+
+    # ... except with one task: then theta and the state carried on are the same bits.
+    def one_task(step):
+        adam = adam_at_start()
+        return step(model, theta, tasks[:1], adam, make_rng(4), 5, k, 0.5), adam.snapshot()
+
+    (paper_theta, paper_state), (ours_theta, ours_state) = (
+        one_task(meta.reptile_step), one_task(meta.independent_reptile_step))
+    np.testing.assert_array_equal(ours_theta, paper_theta)
+    for key in ("m", "v", "t"):
+        np.testing.assert_array_equal(ours_state[key], paper_state[key])
 
 
 def _classification_setup(k, B, seed):

@@ -266,3 +266,17 @@ def test_sgd_has_no_state():
 def test_sgd_validates_lr(lr):
     with pytest.raises(ValueError):
         optim.SGD(lr)
+
+
+def test_mean_state_averages_the_moments_of_snapshots_of_one_step_count():
+    states = [{"m": np.array([1.0, 2.0]), "v": np.array([4.0, 0.0]), "t": np.int64(3)},
+              {"m": np.array([3.0, 2.0]), "v": np.array([0.0, 2.0]), "t": np.int64(3)}]
+    mean = optim.mean_state(states)
+    np.testing.assert_array_equal(mean["m"], [2.0, 2.0])
+    np.testing.assert_array_equal(mean["v"], [2.0, 1.0])
+    assert mean["t"] == 3
+    assert optim.mean_state([{}, {}]) == {}  # SGD's
+    with pytest.raises(ValueError, match=r"states: expected snapshots of one step count, got \[3, 4\]"):
+        optim.mean_state([states[0], {**states[1], "t": np.int64(4)}])
+    with pytest.raises(ValueError, match="states: expected one or more snapshots with the same"):
+        optim.mean_state([states[0], {}])

@@ -85,6 +85,8 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
     (["--classes", "500"], "--classes 500"),
     (["--dataset", "omniglot", "--data-dir", "/nonexistent/omniglot"], "--data-dir"),
     (["--foml", "--foml-tail", "5", "--train-shots", "4"], "--foml-tail"),
+    (["--foml", "--parallel-tasks"], "--parallel-tasks runs Reptile only"),
+    (["--scheduler", "local:2", "--eval-workers", "2"], "--scheduler and --eval-workers"),
 ])
 def test_bad_flags_fail_with_one_line(tmp_path, flags, fragment):
     done = run_cli("train", *SMALL, "--meta-iters", "2", "--eval-samples", "0",
@@ -93,6 +95,22 @@ def test_bad_flags_fail_with_one_line(tmp_path, flags, fragment):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "error" in lines[0] and fragment in lines[0], done.stderr
     assert not (tmp_path / "c" / "checkpoint.npz").exists()
+
+
+def test_a_checkpoint_from_before_parallel_tasks_is_evaluated_as_the_paper_s_chain(tmp_path):
+    """Checkpoints written before --parallel-tasks existed do not record it; they ran the
+    paper's chained Adam state, and resume and evaluate as such."""
+    directory = tmp_path / "c"
+    assert cli.main(["train", *SMALL, "--meta-iters", "2", "--eval-samples", "0",
+                     "--checkpoint", str(directory)]) == 0
+    path = checkpoint_file(str(directory))
+    theta, state, metadata = load_checkpoint(path)
+    del metadata["config"]["train"]["parallel_tasks"]
+    save_checkpoint(path, models.omniglot_cnn(3), theta, state, metadata["iteration"],
+                    metadata["config"])
+    assert cli.main(["train", "--resume", "--meta-iters", "3", "--eval-samples", "1",
+                     "--checkpoint", str(directory)]) == 0
+    assert load_checkpoint(path)[2]["config"]["train"]["parallel_tasks"] is False
 
 
 def test_unknown_dataset_is_refused():
