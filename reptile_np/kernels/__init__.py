@@ -43,11 +43,14 @@ _backend = {"name": None, "error": None, "threads": None}
 
 def _numba_modules():
     """The Numba kernels and the Numba MLP loop, or None (with one warning) if Numba is missing."""
-    # Numba's OpenMP threads wait for work asleep, not spinning, unless the environment
-    # says otherwise. Spinning threads stall every parallel region beside another busy
-    # process: a ReLU took 147 ms instead of 0.3 on 2 threads of a loaded 2-core machine,
-    # 0.85 ms with the threads asleep. (Read once, when OpenMP starts.)
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # How long Numba's OpenMP threads spin for the next parallel region before they sleep,
+    # unless the environment says: about 0.1 ms (GOMP_SPINCOUNT=100000). An Omniglot step
+    # on 2 threads of this 2-core machine took 1.2 ms so (and with endless spinning), 3.9
+    # with threads that sleep at once (OMP_WAIT_POLICY=PASSIVE: every region waits for a
+    # wake-up), 1.7 beside one busy process and 1.6 beside three (endless spinning stalls
+    # beside other busy processes). Read once, when OpenMP starts.
+    if "OMP_WAIT_POLICY" not in os.environ:
+        os.environ.setdefault("GOMP_SPINCOUNT", "100000")
     try:
         return (importlib.import_module(__name__ + ".fast"),
                 importlib.import_module(__name__ + ".mlp_fast"))
