@@ -163,13 +163,15 @@ def load_trained(directory, flag="--checkpoint"):
 def training_command(metadata, checkpoint="ckpt"):
     """The ``reptile-np train`` command of a checkpoint's run: every training flag whose
     value is not its default, as `reptile_np.cli` parses them back."""
-    from .cli import CONFIG_FIELDS, IMAGE_FLAGS, RUN_DEFAULTS  # cli imports this module
+    # cli imports this module, so this one imports cli here.
+    from .cli import CONFIG_FIELDS, FIELDS_ADDED_LATER, IMAGE_FLAGS, RUN_DEFAULTS
     run, defaults = metadata["config"], TrainConfig()
+    trained = {**FIELDS_ADDED_LATER, **run["train"]}   # as a resume reads an older checkpoint
     words = ["reptile-np", "train", "--checkpoint", checkpoint]
     # The image flags shape --dataset folder's images only (the others' are fixed).
     flags = [(dest, run.get(dest, default), default) for dest, default in RUN_DEFAULTS.items()
              if dest not in IMAGE_FLAGS or run.get("dataset") == "folder"]
-    flags += [(dest, run["train"][field], getattr(defaults, field))
+    flags += [(dest, trained[field], getattr(defaults, field))
               for dest, field in CONFIG_FIELDS.items()]
     for dest, value, default in flags:
         if isinstance(value, list):  # JSON keeps --step-weights' tuple as a list

@@ -206,3 +206,17 @@ def test_script_refuses_a_directory_with_other_files(released, tmp_path):
     assert done.returncode == 2 and done.stderr.count("\n") == 1
     assert "holds notes.txt, which is no release file" in done.stderr
     assert os.listdir(dest) == ["notes.txt"]
+
+
+def test_training_command_of_a_checkpoint_older_than_a_flag(tmp_path):
+    """A checkpoint written before a training flag existed (here: before --parallel-tasks)
+    gets the command it was trained with, the new flag at the value it had then, as
+    ``train --resume`` reads such a checkpoint."""
+    from reptile_np import checkpoint as checkpoint_io, release
+    src = tmp_path / "old"
+    assert cli.main(["train", "--checkpoint", str(src), "--meta-iters", "2", "--eval-samples", "0",
+                     *SMALL]) == 0
+    _, _, metadata = checkpoint_io.load_checkpoint(src / "checkpoint.npz")
+    del metadata["config"]["train"]["parallel_tasks"]
+    command = release.training_command(metadata, checkpoint="ckpt")
+    assert "--parallel-tasks" not in command and command.startswith("reptile-np train --checkpoint ckpt")
