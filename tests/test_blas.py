@@ -80,10 +80,10 @@ def test_tiles_depend_on_the_shapes_alone_and_start_at_aligned_rows():
 
 @pytest.mark.parametrize("a, b, message", [
     (np.ones((2, 3), np.float32), np.ones((4, 2), np.float32), "a's columns \\(3\\) must equal b's rows \\(4\\)"),
-    (np.ones((2, 3), np.float32), np.ones((3, 2), np.float64), "must both be float32 or both float64"),
-    (np.ones((2, 3), np.int64), np.ones((3, 2), np.int64), "must both be float32 or both float64"),
-    (np.ones(3, np.float32), np.ones((3, 2), np.float32), "a must be a 2-D or 3-D"),
-    (np.ones((2, 2, 3), np.float32), np.ones((3, 3, 2), np.float32), "stacks of 2 and 3"),
+    (np.ones((2, 3), np.float32), np.ones((3, 2), np.float64), "b must have the dtype of a \\(float32\\)"),
+    (np.ones((2, 3), np.int64), np.ones((3, 2), np.int64), "a must be float32 or float64"),
+    (np.ones(3, np.float32), np.ones((3, 2), np.float32), "a must be a 2-D or 3-D array"),
+    (np.ones((2, 2, 3), np.float32), np.ones((3, 3, 2), np.float32), "stacks of as many matrices, got 2 and 3"),
 ])
 def test_matmul_refuses_what_does_not_multiply(a, b, message):
     with pytest.raises(ValueError, match=message):

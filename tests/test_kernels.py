@@ -393,6 +393,7 @@ def _core_calls():
                                    np.float32(1e-3), np.float32(54))),
         (fast._batchnorm_backward, (rows.reshape(2, 9, 27), columns.reshape(2, 9, 27),
                                     np.abs(columns[0, :9, 0]), columns[1, :9, 0], np.float32(54))),
+        (fast._sum_over_examples, (columns,)),
         (fast._relu_forward, (rows.ravel(),)),
         (fast._relu_backward, (columns.ravel(), rows.ravel())),
         (fast._adam_update, (rows[0].copy(), rows[1], rows[2].copy(), np.abs(rows[3]),

@@ -6,10 +6,19 @@ import sys
 import numpy as np
 import pytest
 
-from reptile_np import threads
+from reptile_np import kernels, threads
 
 needs_openblas = pytest.mark.skipif(threads.blas_info()["threads"] is None,
                                     reason="NumPy's BLAS is not an OpenBLAS this module can reach")
+
+
+@pytest.fixture
+def numba_backend_restored():
+    pytest.importorskip("numba")
+    previous = kernels.get_backend()
+    kernels.set_backend("numba")
+    yield
+    kernels.set_backend(previous)
 
 
 @pytest.fixture
@@ -102,3 +111,18 @@ def test_a_meta_iteration_gives_the_same_bits_on_1_2_and_3_threads(tmp_path, mod
         other = _meta_iteration_in_a_process(tmp_path, model, dtype, count)
         for name in one:
             np.testing.assert_array_equal(other[name], one[name], err_msg=f"{name}, {count} threads")
+
+
+@pytest.mark.parametrize("count", [0, 1.5, True, "2"])
+def test_kernel_threads_refuse_what_is_not_a_positive_integer(count):
+    with pytest.raises(ValueError, match="threads: expected an integer of at least 1"):
+        kernels.set_threads(count)
+
+
+def test_kernel_threads_refuse_more_than_numbas_pool(numba_backend_restored):
+    import numba
+    too_many = numba.config.NUMBA_NUM_THREADS + 1
+    with pytest.raises(ValueError, match=f"threads must be at most {too_many - 1} "
+                                         f"\\(NUMBA_NUM_THREADS"):
+        kernels.set_threads(too_many)
+    assert kernels.get_threads() != too_many

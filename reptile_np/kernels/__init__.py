@@ -28,6 +28,7 @@ import os
 import warnings
 
 from .. import threads
+from ..checks import integer
 from . import mlp_reference, reference
 
 BACKENDS = ("numpy", "numba")
@@ -95,8 +96,7 @@ def set_threads(count):
     Raises:
         ValueError: naming ``count``.
     """
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise ValueError(f"threads must be an integer of at least 1, got {count!r}.")
+    count = integer("threads", count)
     if _backend["name"] == "numba":
         import numba
         if count > numba.config.NUMBA_NUM_THREADS:

@@ -17,9 +17,9 @@ code through ctypes: no SciPy, no extra package. When NumPy's BLAS is not an Ope
 we can reach, `matmul` runs the same tiles one after the other with ``np.matmul``:
 the same partition, on one thread.
 
-Shapes and memory are checked here, in Python, before any compiled code runs: a
-BLAS call given a leading dimension that does not fit its array reads or writes
-outside it.
+Shapes and dtypes are checked first, in Python (`checks.matmul`), before any compiled
+code runs: a BLAS call given a leading dimension that does not fit its array reads or
+writes outside it.
 """
 import ctypes
 
@@ -27,6 +27,7 @@ import numpy as np
 from numba import njit, prange
 
 from .. import threads
+from . import checks
 
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 
@@ -91,20 +92,6 @@ def _operand(a):
     return a, False, a.shape[-1]
 
 
-def _check(a, b):
-    for name, x in (("a", a), ("b", b)):
-        if not isinstance(x, np.ndarray) or x.ndim not in (2, 3):
-            raise ValueError(f"matmul: {name} must be a 2-D or 3-D NumPy array, got "
-                             f"{getattr(x, 'shape', type(x).__name__)}.")
-    if a.dtype != b.dtype or a.dtype not in (np.float32, np.float64):
-        raise ValueError(f"matmul: a and b must both be float32 or both float64, got {a.dtype} "
-                         f"and {b.dtype}.")
-    if a.shape[-1] != b.shape[-2]:
-        raise ValueError(f"matmul: a's columns ({a.shape[-1]}) must equal b's rows ({b.shape[-2]}).")
-    if a.ndim == b.ndim == 3 and a.shape[0] != b.shape[0]:
-        raise ValueError(f"matmul: stacks of {a.shape[0]} and {b.shape[0]} matrices.")
-
-
 def matmul(a, b):
     """``a @ b`` as `np.matmul` for a matrix or a stack of them ((M, K) or (N, M, K)) times
     a matrix or a stack ((K, P) or (N, K, P)), float32 or float64, in tiles (see the module
@@ -114,7 +101,7 @@ def matmul(a, b):
     Raises:
         ValueError: the arrays are not float matrices or stacks that multiply.
     """
-    _check(a, b)
+    checks.matmul(a, b)
     batch = a.shape[0] if a.ndim == 3 else (b.shape[0] if b.ndim == 3 else 0)
     rows, inner, cols = a.shape[-2], a.shape[-1], b.shape[-1]
     allocate = np.empty if inner else np.zeros    # BLAS writes every element, given terms

@@ -267,6 +267,21 @@ def relu_backward(dy, y):
     _same_shape(kernel, "y", y, "dy", dy)
 
 
+def matmul(a, b):
+    """Arguments of `blas.matmul`: a (M, K) or (N, M, K) and b (K, P) or (N, K, P) of one
+    float dtype, stacks of the same length (the tiles' BLAS calls index both by these)."""
+    kernel = "matmul"
+    for name, x in (("a", a), ("b", b)):
+        _array(kernel, name, x, None, None if name == "a" else ("a", a))
+        if x.ndim not in (2, 3):
+            _fail(kernel, f"{name} must be a 2-D or 3-D array, got shape {x.shape}")
+    if a.shape[-1] != b.shape[-2]:
+        _fail(kernel, f"a's columns ({a.shape[-1]}) must equal b's rows ({b.shape[-2]})")
+    if a.ndim == b.ndim == 3 and a.shape[0] != b.shape[0]:
+        _fail(kernel, f"a and b must be stacks of as many matrices, got {a.shape[0]} and "
+                      f"{b.shape[0]}")
+
+
 def adam_update(params, grad, m, v):
     """Array arguments of `adam_update`: params, grad, m, v flat vectors of one shape and
     float dtype; params, m and v (updated in place) writable and C-contiguous."""
