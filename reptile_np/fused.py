@@ -52,7 +52,9 @@ def mlp_sgd_inner_loop(model, theta, x, y, batches, optimizer, reduction="sum", 
     if index is None or index.ndim != 2 or index.dtype.kind not in "iu" or index.shape[1] == 0:
         raise ValueError("batches: expected non-empty integer index arrays of one length; use "
                          "meta.inner_loop for batches of different lengths.")
-    if index.min() < 0 or index.max() >= len(x):
+    # One reduction instead of min and max: as unsigned integers, negative indices are
+    # above any length.
+    if index.view(f"u{index.itemsize}").max() >= len(x):
         raise ValueError(f"batches: expected indices in [0, {len(x)}), got values from "
                          f"{index.min()} to {index.max()}.")
     kernels.mlp_sgd_inner_loop(phi, structure.widths, structure.activation, x[index], y[index],
