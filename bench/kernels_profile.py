@@ -6,15 +6,16 @@
 
 Each configuration runs a warm-up step first (Numba compiles or loads its cache
 there; that time is printed as "first step"), then ``--repeats`` timed steps.
-Threads are set with ``numba.set_num_threads`` and, when threadpoolctl is
-installed, on the BLAS pool. The per-layer table re-runs the same step layer by
+Threads are set with `reptile_np.kernels.set_threads`, as the library runs them
+(the Numba kernels get the threads and call OpenBLAS single-threaded; the NumPy
+backend gives them to OpenBLAS). The per-layer table re-runs the same step layer by
 layer and keeps each layer's fastest forward and backward time. Page faults per
-step are printed because fresh memory is slow here: with glibc's default heap
-trimming a step faults in its temporaries again every time (compare a run with
-``MALLOC_TOP_PAD_=268435456`` in the environment).
+step are printed because fresh memory is slow: with glibc's default heap trimming a
+step faults in its temporaries again every time. Like ``reptile-np`` and the bench's
+workers, this script first calls `reptile_np.runtime.keep_freed_memory`;
+``--glibc-defaults`` leaves glibc as it is, to see the difference.
 """
 import argparse
-import contextlib
 import os
 import resource
 import sys
@@ -24,26 +25,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from reptile_np import kernels, losses, models  # noqa: E402
+from reptile_np import kernels, losses, models, runtime  # noqa: E402
 
 SHAPES = {"omniglot": (1, 28, 28), "miniimagenet": (3, 84, 84)}
-
-
-def blas_threads(count):
-    """Limit the BLAS pool to ``count`` threads (a no-op without threadpoolctl)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return contextlib.nullcontext()
-    return threadpool_limits(count, user_api="blas")
-
-
-def set_numba_threads(count):
-    try:
-        import numba
-    except ImportError:
-        return
-    numba.set_num_threads(min(count, numba.config.NUMBA_NUM_THREADS))
 
 
 def page_faults():
@@ -87,15 +71,14 @@ def layer_times(model, theta, x, y, repeats):
 
 def profile(model_name, batch, backend, threads, repeats):
     kernels.set_backend(backend)
-    set_numba_threads(threads)
+    kernels.set_threads(threads)
     model = models.MODELS[model_name](5)
     rng = np.random.default_rng(0)
     theta = model.init(rng, np.float32)
     x = rng.standard_normal((batch,) + SHAPES[model_name]).astype(np.float32)
     y = rng.integers(0, 5, batch)
-    with blas_threads(threads):
-        first, times, faults = time_steps(model, theta, x, y, repeats)
-        forward, backward = layer_times(model, theta, x, y, repeats)
+    first, times, faults = time_steps(model, theta, x, y, repeats)
+    forward, backward = layer_times(model, theta, x, y, repeats)
     print(f"\n{model_name}, batch {batch}, backend {kernels.get_backend()}, {threads} thread(s): "
           f"{times.min():.2f} ms/step min, {np.median(times):.2f} median over {repeats} steps; "
           f"first step {first:.2f} s; {faults:.0f} page faults/step")
@@ -112,9 +95,12 @@ def main(argv=None):
     parser.add_argument("--backend", nargs="+", choices=kernels.BACKENDS, default=["numba"])
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--repeats", type=int, default=100)
+    parser.add_argument("--glibc-defaults", action="store_true",
+                        help="do not call runtime.keep_freed_memory (as reptile-np does)")
     args = parser.parse_args(argv)
+    kept = not args.glibc_defaults and runtime.keep_freed_memory()
     print(f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}; "
-          f"MALLOC_TOP_PAD_={os.environ.get('MALLOC_TOP_PAD_', '<unset>')}")
+          f"glibc keeps freed memory: {'yes' if kept else 'no'}")
     for backend in args.backend:
         for threads in args.threads:
             profile(args.model, args.batch, backend, threads, args.repeats)
