@@ -23,6 +23,7 @@ import dataclasses
 import json
 import os
 import sys
+import textwrap
 import time
 from typing import NamedTuple
 
@@ -150,7 +151,7 @@ def plot_learning_curves(path, results, title, smooth=100):
         axis.set_xlabel("meta-iteration")
         axis.legend(fontsize=7, loc="lower right")
     axes[0][0].set_ylabel(f"test accuracy, one task each, mean of {smooth}")
-    figure.suptitle(title, fontsize=10)
+    figure.suptitle(textwrap.fill(title, 45 * len(panels)), fontsize=10)   # ~45 characters fit a panel
     save_figure(figure, path)
 
 
