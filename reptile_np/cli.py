@@ -350,6 +350,11 @@ def add_run_flags(parser, command):
                            "checkpoint ./<name>-results-...); an existing file "
                            "is replaced only if it holds the same evaluation of the same "
                            "--checkpoint")
+    ours.add_argument("--both-protocols", action="store_true",
+                      help="evaluate non-transductively and transductively from the same "
+                           "adaptations (each task adapted once, about the cost of one "
+                           "protocol), writing each protocol's default results file; "
+                           "instead of --transductive")
     ours.add_argument("--eval-workers", type=_positive_int, default=1,
                       help="processes for the final evaluation, one thread each (about one per "
                            "core); the accuracies do not depend on it")
@@ -471,7 +476,7 @@ def _train_or_evaluate(args, executor):
                                    f"file (or pass --resume to continue the run it logs).")
     config = config_from_settings(settings)
     train.check_config(config)
-    results_path = _results_path(args, config) if args.eval_samples else None
+    results_paths = _results_paths(args, config, given) if args.eval_samples else {}
 
     model_name = _model_name(settings, given)
     splits = load_splits(settings["dataset"], args.data_dir, settings["split"], config.seed,
@@ -505,9 +510,9 @@ def _train_or_evaluate(args, executor):
                                  args.checkpoint_every, args.log, sys.stderr, run_info,
                                  executor if args.scheduler else None)
         start_iteration = config.meta_iters
-    if results_path:
+    if results_paths:
         _evaluate_and_write(args, model, theta, optimizer, splits, config, run_info,
-                            start_iteration, results_path, executor)
+                            start_iteration, results_paths, executor)
     if lock is not None:
         lock.close()
     return 0
@@ -532,24 +537,29 @@ def _model_name(settings, given):
 
 
 def _evaluate_and_write(args, model, theta, optimizer, splits, config, run_info, iteration,
-                        results_path, executor):
-    """The final evaluation on every split (on ``executor``, see `reptile_np.workers`):
-    print the table, write the results file."""
+                        results_paths, executor):
+    """The final evaluation on every split (on ``executor``, see `reptile_np.workers`) under
+    each protocol of ``results_paths`` (``{transductive: path}``, both protocols from the
+    same adaptations): print each table, write each results file."""
     from .evaluate import evaluate_splits
-    results = evaluate_splits(model, theta, optimizer, splits, config, args.eval_samples,
-                              executor, sys.stderr)
-    mode = "transductive" if config.transductive else "non-transductive"
-    print(f"\n{config.num_classes}-way {config.num_shots}-shot, {mode}, "
-          f"{args.eval_samples} tasks per split:")
-    for name, r in results.items():
-        # One task has no spread to estimate: its interval would read "± 0.00".
-        spread = f"± {100 * r['ci95']:.2f}" if args.eval_samples > 1 else "± n/a (1 task)"
-        print(f"  {name:<6} {100 * r['accuracy']:6.2f}% {spread}")
-    with open(results_path, "w", encoding="utf-8") as file:
-        json.dump({"checkpoint": os.path.abspath(args.checkpoint), "iteration": iteration,
-                   "protocol": _protocol(config), "config": dataclasses.asdict(config),
-                   **run_info, "results": results}, file, indent=2)
-    print(f"results written to {results_path}")
+    measured = evaluate_splits(model, theta, optimizer, splits, config, args.eval_samples,
+                               executor, sys.stderr, protocols=tuple(results_paths))
+    for transductive, results_path in results_paths.items():
+        results = measured[transductive]
+        protocol_config = dataclasses.replace(config, transductive=transductive)
+        mode = "transductive" if transductive else "non-transductive"
+        print(f"\n{config.num_classes}-way {config.num_shots}-shot, {mode}, "
+              f"{args.eval_samples} tasks per split:")
+        for name, r in results.items():
+            # One task has no spread to estimate: its interval would read "± 0.00".
+            spread = f"± {100 * r['ci95']:.2f}" if args.eval_samples > 1 else "± n/a (1 task)"
+            print(f"  {name:<6} {100 * r['accuracy']:6.2f}% {spread}")
+        with open(results_path, "w", encoding="utf-8") as file:
+            json.dump({"checkpoint": os.path.abspath(args.checkpoint), "iteration": iteration,
+                       "protocol": _protocol(protocol_config),
+                       "config": dataclasses.asdict(protocol_config), **run_info,
+                       "results": results}, file, indent=2)
+        print(f"results written to {results_path}")
 
 
 # --------------------------------------------------------------------------- a run's flags
@@ -680,6 +690,21 @@ def _protocol(config):
     return {"classes": config.num_classes, "shots": config.num_shots,
             "transductive": config.transductive, "eval_batch": config.eval_batch_size,
             "eval_iters": config.eval_iters}
+
+
+def _results_paths(args, config, given):
+    """``{transductive: results file}`` for each protocol the final evaluation measures:
+    the config's, or both with ``--both-protocols`` (checked as `_results_path`)."""
+    if not args.both_protocols:
+        return {config.transductive: _results_path(args, config)}
+    for flag, is_given in (("--transductive", "transductive" in given),
+                           ("--results", args.results is not None)):
+        if is_given:
+            raise CommandError(f"--both-protocols writes each protocol's default results "
+                               f"file; drop {flag}.")
+    return {transductive: _results_path(args, dataclasses.replace(config,
+                                                                  transductive=transductive))
+            for transductive in (False, True)}
 
 
 def _results_path(args, config):

@@ -82,9 +82,18 @@ def adapt_and_count(model, theta, optimizer, task, batches, num_classes, transdu
                     reduction="sum", weight_decay=1.0):
     """`evaluate_task` with its mini-batches (index arrays into the N*K training examples)
     already drawn."""
-    _, predictions = adapt_and_predict(model, theta, optimizer, task, batches, num_classes,
-                                       transductive, reduction, weight_decay)
-    return int(np.sum(predictions == np.arange(num_classes)))
+    return adapt_and_count_protocols(model, theta, optimizer, task, batches, num_classes,
+                                     (transductive,), reduction, weight_decay)[0]
+
+
+def adapt_and_count_protocols(model, theta, optimizer, task, batches, num_classes, protocols,
+                              reduction="sum", weight_decay=1.0):
+    """`adapt_and_count` under each of ``protocols`` (``transductive`` flags), from one
+    adaptation: a tuple of correct-query counts."""
+    train_x, train_y, query_x, _ = split_eval_task(*task, num_classes)
+    phi = adapt(model, theta, optimizer, train_x, train_y, batches, reduction, weight_decay)
+    return tuple(int(np.sum(predict_queries(model, phi, train_x, query_x, transductive)
+                            == np.arange(num_classes))) for transductive in protocols)
 
 
 def adapt_and_predict(model, theta, optimizer, task, batches, num_classes, transductive=False,
@@ -126,21 +135,50 @@ def evaluate(model, theta, optimizer, split, num_classes, num_shots, eval_batch,
             (neither an integer >= 1 nor an executor), or an argument `_check_adaptation`
             checks; `sample_task` checks the split.
     """
+    return evaluate_protocols(model, theta, optimizer, split, num_classes, num_shots,
+                              eval_batch, eval_iters, num_tasks, rng, (transductive,),
+                              replacement, reduction, weight_decay, progress,
+                              workers)[transductive]
+
+
+def evaluate_protocols(model, theta, optimizer, split, num_classes, num_shots, eval_batch,
+                       eval_iters, num_tasks, rng, protocols=(False, True), replacement=False,
+                       reduction="sum", weight_decay=1.0, progress=None, workers=1):
+    """`evaluate` under several protocols at once, for the cost of one.
+
+    Both protocols adapt to the same tasks with the same mini-batches, so one adaptation
+    per task serves them all; only the predictions differ. Each protocol's result is
+    exactly `evaluate`'s with the same ``rng`` and ``transductive`` (its tasks are drawn
+    the same way), at about half the cost of evaluating the two one after the other.
+
+    Args:
+        protocols: the ``transductive`` flags to evaluate, e.g. ``(False, True)``.
+        Others: as `evaluate`.
+
+    Returns:
+        ``{transductive: (accuracy, ci95_half_width, per_task_accuracies)}`` for each of
+        ``protocols``.
+
+    Raises:
+        ValueError: as `evaluate`, or naming ``protocols`` (not a non-empty sequence of
+            distinct booleans).
+    """
     _check_adaptation(model, theta, num_classes, eval_batch, eval_iters, rng)
     checks.integer("num_shots", num_shots)
     checks.integer("num_tasks", num_tasks)
+    protocols = _check_protocols(protocols)
     run = executor(workers)
     tasks = _draw_tasks(split, num_classes, num_shots, eval_batch, eval_iters, num_tasks, rng,
                         replacement, theta.dtype)
-    settings = (num_classes, transductive, reduction, weight_decay)
+    settings = (num_classes, protocols, reduction, weight_decay)
     counts = run.map(_count_task, tasks, (model, theta, optimizer, settings))
-    accuracies = _collect(counts, num_tasks, num_classes, progress)
-    mean, half_width = mean_confidence_interval(accuracies)
-    return mean, half_width, accuracies
+    accuracies = _collect(counts, num_tasks, num_classes, protocols, progress)
+    return {protocol: (*mean_confidence_interval(accuracies[:, column]), accuracies[:, column])
+            for column, protocol in enumerate(protocols)}
 
 
 def evaluate_splits(model, theta, optimizer, splits, config, num_tasks, workers=1,
-                    progress_stream=None, only=None):
+                    progress_stream=None, only=None, protocols=None):
     """A run's final evaluation, on every split, as the paper's code reports it.
 
     Args:
@@ -151,27 +189,46 @@ def evaluate_splits(model, theta, optimizer, splits, config, num_tasks, workers=
         workers: as `evaluate`.
         progress_stream: where to show each split's progress line (None: nowhere).
         only: names of the splits to evaluate (None: all of them).
+        protocols: None for the config's protocol alone; else ``transductive`` flags, e.g.
+            ``(False, True)``, evaluated together from the same adaptations
+            (`evaluate_protocols`), each with the numbers it has when evaluated alone.
 
     Returns:
-        ``{split name: {"accuracy": ..., "ci95": ..., "tasks": num_tasks}}``. Split number
-        i of ``splits`` draws its tasks from ``default_rng([config.seed, 2, i])``, so every
-        split and run is reproducible on its own, and a split evaluated alone (``only``)
-        gives the numbers it has in the evaluation of all of them.
+        ``{split name: {"accuracy": ..., "ci95": ..., "tasks": num_tasks}}``, or with
+        ``protocols`` ``{transductive: that}`` for each. Split number i of ``splits`` draws
+        its tasks from ``default_rng([config.seed, 2, i])``, so every split and run is
+        reproducible on its own, and a split evaluated alone (``only``) gives the numbers
+        it has in the evaluation of all of them.
     """
     from .progress import Progress
-    results = {}
+    wanted = (config.transductive,) if protocols is None else _check_protocols(protocols)
+    results = {protocol: {} for protocol in wanted}
     for index, (name, split) in enumerate(splits.items()):
         if only is not None and name not in only:
             continue
         progress = Progress(num_tasks, f"evaluating {name}", progress_stream, interval=5.0)
-        accuracy, ci, _ = evaluate(model, theta, optimizer, split, config.num_classes,
-                                   config.num_shots, config.eval_batch_size, config.eval_iters,
-                                   num_tasks, np.random.default_rng([config.seed, 2, index]),
-                                   config.transductive, config.replacement,
-                                   weight_decay=config.weight_decay, progress=progress,
-                                   workers=workers)
-        results[name] = {"accuracy": accuracy, "ci95": ci, "tasks": num_tasks}
-    return results
+        measured = evaluate_protocols(model, theta, optimizer, split, config.num_classes,
+                                      config.num_shots, config.eval_batch_size,
+                                      config.eval_iters, num_tasks,
+                                      np.random.default_rng([config.seed, 2, index]), wanted,
+                                      config.replacement, weight_decay=config.weight_decay,
+                                      progress=progress, workers=workers)
+        for protocol, (accuracy, ci, _) in measured.items():
+            results[protocol][name] = {"accuracy": accuracy, "ci95": ci, "tasks": num_tasks}
+    return results[config.transductive] if protocols is None else results
+
+
+def _check_protocols(protocols):
+    """``protocols`` as a tuple of distinct booleans, or ValueError naming it."""
+    try:
+        flags = tuple(protocols)
+    except TypeError:
+        flags = None
+    if (not flags or len(set(flags)) != len(flags)
+            or not all(isinstance(flag, (bool, np.bool_)) for flag in flags)):
+        raise ValueError(f"protocols: expected a non-empty sequence of distinct booleans "
+                         f"(transductive or not), got {protocols!r}.")
+    return tuple(bool(flag) for flag in flags)
 
 
 def _check_adaptation(model, theta, num_classes, eval_batch, eval_iters, rng):
@@ -197,21 +254,26 @@ def _draw_tasks(split, num_classes, num_shots, eval_batch, eval_iters, num_tasks
         yield task, minibatches(num_classes * num_shots, eval_batch, eval_iters, rng, replacement)
 
 
-def _collect(counts, num_tasks, num_classes, progress):
-    """Per-task accuracies from the correct-query counts, updating ``progress``."""
-    accuracies = np.empty(num_tasks)
+def _collect(counts, num_tasks, num_classes, protocols, progress):
+    """Per-task accuracies, (num_tasks, len(protocols)), from the correct-query counts of
+    each protocol, updating ``progress`` with the running mean of each."""
+    accuracies = np.empty((num_tasks, len(protocols)))
     for index, correct in enumerate(counts):
-        accuracies[index] = correct / num_classes
+        accuracies[index] = np.asarray(correct) / num_classes
         if progress is not None:
-            progress.update(index + 1, accuracy=f"{accuracies[:index + 1].mean():.3f}")
+            means = accuracies[:index + 1].mean(axis=0)
+            names = (["accuracy"] if len(protocols) == 1 else
+                     ["transductive" if protocol else "non-transductive" for protocol in protocols])
+            progress.update(index + 1, **{name: f"{mean:.3f}" for name, mean in zip(names, means)})
     return accuracies
 
 
 def _count_task(context, task_and_batches):
-    """`adapt_and_count` for an executor: ``context`` is (model, theta, optimizer, settings)."""
+    """`adapt_and_count_protocols` for an executor: ``context`` is (model, theta, optimizer,
+    settings)."""
     model, theta, optimizer, settings = context
     task, batches = task_and_batches
-    return adapt_and_count(model, theta, optimizer, task, batches, *settings)
+    return adapt_and_count_protocols(model, theta, optimizer, task, batches, *settings)
 
 
 def mean_confidence_interval(values, z=1.96):

@@ -1,6 +1,7 @@
 """Few-shot evaluation (`reptile_np.evaluate`): the protocol, its confidence interval, and
 worker processes (`reptile_np.workers`) that give exactly the serial accuracies."""
 import concurrent.futures
+import dataclasses
 import os
 
 import numpy as np
@@ -13,6 +14,7 @@ from reptile_np.data.tasks import sample_task, split_eval_task
 from reptile_np.layers import BatchNorm2d, Conv2d, Flatten, Linear, ReLU
 from reptile_np.meta import inner_loop, minibatches
 from reptile_np.models import Sequential
+from reptile_np.train import TrainConfig
 
 
 def _problem():
@@ -210,3 +212,43 @@ def test_evaluate_splits_draws_each_split_from_its_own_seed():
                                               np.random.default_rng([4, 2, index]))
         assert results[name] == {"accuracy": accuracy, "ci95": ci, "tasks": 12}
     assert results["a"] != results["b"]   # the same data, another task stream
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_both_protocols_from_one_adaptation_equal_each_protocol_alone(workers):
+    """`evaluate_protocols` adapts once per task for both protocols; each protocol's
+    per-task accuracies are exactly those of `evaluate` with that protocol alone. (One
+    adaptation step: with more, this small problem's two protocols agree on every task.)"""
+    split, model, theta, optimizer = _problem()
+    args = (model, theta, optimizer, split, 5, 3, 5, 1, 12)
+    together = evaluation.evaluate_protocols(*args, np.random.default_rng(3), (False, True),
+                                             workers=workers)
+    assert list(together) == [False, True]
+    for transductive in (False, True):
+        alone = evaluation.evaluate(*args, np.random.default_rng(3), transductive)
+        np.testing.assert_array_equal(together[transductive][2], alone[2])
+        assert together[transductive][:2] == alone[:2]
+    # The two protocols do differ on this problem, so the equality above says something.
+    assert not np.array_equal(together[False][2], together[True][2])
+
+
+def test_evaluate_splits_with_both_protocols_gives_each_split_as_evaluated_alone():
+    split, model, theta, optimizer = _problem()
+    splits = {"train": split, "test": split}
+    config = TrainConfig(num_classes=5, num_shots=3, eval_batch_size=5, eval_iters=1)
+    both = evaluation.evaluate_splits(model, theta, optimizer, splits, config, 12,
+                                      protocols=(True, False))
+    assert sorted(both) == [False, True] and both[False] != both[True]
+    for transductive in (False, True):
+        alone = evaluation.evaluate_splits(
+            model, theta, optimizer, splits,
+            dataclasses.replace(config, transductive=transductive), 12)
+        assert both[transductive] == alone
+
+
+@pytest.mark.parametrize("protocols", [(), (True, True), ("yes",), None, 1])
+def test_protocols_must_be_distinct_booleans(protocols):
+    split, model, theta, optimizer = _problem()
+    with pytest.raises(ValueError, match="protocols"):
+        evaluation.evaluate_protocols(model, theta, optimizer, split, 5, 3, 5, 5, 2,
+                                      np.random.default_rng(3), protocols)

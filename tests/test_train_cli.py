@@ -51,6 +51,31 @@ def test_train_then_eval_writes_checkpoint_and_results(tmp_path):
     assert again["results"] == results["results"]
 
 
+
+def test_eval_both_protocols_writes_each_protocol_as_evaluated_alone(tmp_path):
+    ckpt = tmp_path / "run"
+    trained = run_cli("train", *SMALL, "--meta-iters", "6", "--eval-samples", "0",
+                      "--checkpoint", str(ckpt))
+    assert trained.returncode == 0, trained.stderr
+    both = run_cli("eval", "--eval-samples", "6", "--checkpoint", str(ckpt), "--both-protocols")
+    assert both.returncode == 0, both.stderr
+    assert "non-transductive, 6 tasks" in both.stdout and ", transductive, 6 tasks" in both.stdout
+    for flag, name in (("--no-transductive", "nontransductive"),
+                       ("--transductive", "transductive")):
+        alone = run_cli("eval", "--eval-samples", "6", "--checkpoint", str(ckpt), flag,
+                        "--results", str(tmp_path / f"{name}.json"))
+        assert alone.returncode == 0, alone.stderr
+        expected = json.loads((tmp_path / f"{name}.json").read_text())
+        written = json.loads((ckpt / f"results-2shot-{name}.json").read_text())
+        assert written["protocol"] == expected["protocol"]
+        assert written["config"] == expected["config"]
+        assert written["results"] == expected["results"]
+    for extra in (["--transductive"], ["--results", str(tmp_path / "one.json")]):
+        refused = run_cli("eval", "--eval-samples", "6", "--checkpoint", str(ckpt),
+                          "--both-protocols", *extra)
+        assert refused.returncode == 2 and f"drop {extra[0]}" in refused.stderr
+        assert "Traceback" not in refused.stderr
+
 def test_resume_after_sigkill_is_bit_identical(tmp_path):
     args = [*SMALL, "--inner-iters", "1", "--meta-iters", "80", "--eval-samples", "0",
             "--checkpoint-every", "4"]
