@@ -54,6 +54,7 @@ class Runner:
 
     def unit(self):
         """One meta-iteration, or one evaluation task (adapt, then predict the query)."""
+        kernels.adapt_threads()   # a no-op unless --adaptive, as in reptile-np's training loop
         w = self.workload
         if w.name == "eval":
             x, y = self.data["tasks"][0]
@@ -72,7 +73,7 @@ class Runner:
 
     def describe(self):
         """Thread settings in effect, for the record."""
-        info = {"backend": self.backend}
+        info = {"backend": self.backend, "kernel_threads": kernels.describe_threads()}
         try:
             import numba
             info["numba_threads"] = numba.get_num_threads()

@@ -210,7 +210,7 @@ def environment(args, cpus_available):
         "git": git_revision(),
         "numba_fast_kernels_file": (ROOT / "reptile_np" / "kernels" / "fast.py").exists(),
         "caller_blas_env": {name: os.environ[name] for name in BLAS_ENV if name in os.environ},
-        "keep_blas_env": args.keep_blas_env,
+        "keep_blas_env": args.keep_blas_env, "adaptive_threads": args.adaptive_threads,
         "REPTILE_NP_BACKEND": os.environ.get("REPTILE_NP_BACKEND"),
     }
 
@@ -235,6 +235,7 @@ def header_lines(env):
         f"command: {env['command']}",
         f"CPU: {env['cpu']} ({env['logical_cpus']} logical CPUs{cores}, "
         f"{env['cpus_available']} available) | threads: {','.join(map(str, env['threads']))} "
+        f"{'(ours adaptive: at most that many, fewer beside busy processes) ' if env.get('adaptive_threads') else ''}"
         f"| dtype: float32",
         f"python {env['python']} | {versions}",
         f"{blas_env_line(env)} | load average before the run: "
@@ -579,6 +580,10 @@ def parse_args(cpus_available):
                         help="also time every framework beside one competing CPU-bound process "
                              "(a pure-Python busy loop) and report the fraction of its quiet "
                              "speed it keeps")
+    parser.add_argument("--adaptive-threads", action="store_true",
+                        help="our kernels with set_threads(N, adaptive=True), as reptile-np "
+                             "--threads auto: at most N threads, fewer while other processes "
+                             "keep cores busy (re-measured once a second)")
     parser.add_argument("--keep-blas-env", action="store_true",
                         help="run the workers with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE as "
                              "set here (default: unset them in the workers, so OpenBLAS "
@@ -635,7 +640,8 @@ class Harness:
     def common(self, threads):
         """The worker arguments every command takes."""
         quick = ["--quick"] if self.args.quick else []
-        return ["--threads", str(threads), "--seed", str(self.args.seed), *quick]
+        adaptive = ["--adaptive"] if self.args.adaptive_threads else []
+        return ["--threads", str(threads), "--seed", str(self.args.seed), *quick, *adaptive]
 
     def cpus(self, threads):
         """The CPUs a worker with ``threads`` threads is pinned to (None: all of them)."""

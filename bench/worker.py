@@ -69,7 +69,7 @@ def make_runner(framework, workload, data, state_dict, seed):
     return jax_twin.Runner(workload, data, state_dict, seed)
 
 
-def import_framework(framework, threads):
+def import_framework(framework, threads, adaptive=False):
     """Import the framework and set its thread count; return its version string.
 
     Raises ImportError when it is not installed.
@@ -85,7 +85,9 @@ def import_framework(framework, threads):
     from reptile_np import kernels   # imports the Numba kernels if it can
     # As `reptile-np --threads` does: the Numba kernels on ``threads`` threads of their own
     # with OpenBLAS on one thread inside each piece; the NumPy kernels give them to OpenBLAS.
-    kernels.set_threads(threads)
+    # With --adaptive (reptile-np --threads auto) at most that many, fewer beside busy
+    # processes: the runner adapts before every unit, as a training does per meta-iteration.
+    kernels.set_threads(threads, adaptive=adaptive)
     if framework == "numba":
         try:
             import numba
@@ -390,6 +392,8 @@ def main():
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--adaptive", action="store_true",
+                        help="ours: set_threads(--threads, adaptive=True)")
     parser.add_argument("--repeats", type=int, default=0, help="timed repeats (0: 3 quick, 7 full)")
     parser.add_argument("--budget", type=float, default=0,
                         help="seconds for the timed stage (0: 3 quick, 40 full)")
@@ -407,7 +411,7 @@ def main():
         os.environ["REPTILE_NP_BACKEND"] = "numpy"
     if args.command != "ceiling":
         try:
-            args.version = import_framework(args.framework, args.threads)
+            args.version = import_framework(args.framework, args.threads, args.adaptive)
         except ImportError as error:
             module = module_for(args.framework)
             emit({"kind": "missing", "framework": args.framework, "module": module,

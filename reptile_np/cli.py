@@ -169,12 +169,27 @@ def add_loop_flags(group, inner_batch, inner_iters, learning_rate, meta_step, me
     _add(group, "meta_iters", meta_iters, meta_iters_help, suppress, type=_positive_int)
 
 
+def _thread_count(text):
+    """``--threads``: a positive integer, or "auto"."""
+    return "auto" if text.strip().lower() == "auto" else _positive_int(text)
+
+
 def add_threads_flag(parser):
-    parser.add_argument("--threads", type=_positive_int, default=1,
+    parser.add_argument("--threads", type=_thread_count, default="auto",
                         help="threads of the kernels, whatever OPENBLAS_NUM_THREADS says: "
                              "the Numba kernels cut their work into pieces fixed by the shapes, "
                              "so results are the same bits for any count; the NumPy kernels "
-                             "give them to OpenBLAS (the last bits may change)")
+                             "give them to OpenBLAS (the last bits may change). auto: every "
+                             "core, fewer while other processes keep cores busy (Numba "
+                             "kernels, re-measured once a second; OpenBLAS gets 1 under the NumPy kernels)")
+
+
+def apply_threads_flag(threads):
+    """Give the kernels ``--threads``' count (or, for "auto", every core, adaptively)."""
+    if threads == "auto":
+        kernels.set_threads(kernels.most_threads(), adaptive=True)
+    else:
+        kernels.set_threads(threads)
 
 
 def _check_output_file(path, flag):
@@ -857,7 +872,7 @@ def main(argv=None):
     keep_freed_memory()
     try:
         if hasattr(args, "threads"):
-            kernels.set_threads(args.threads)
+            apply_threads_flag(args.threads)
         return args.run(args)
     except (CommandError, ValueError, ImportError, FloatingPointError, OSError) as error:
         # One line, whatever the message holds (an OSError's may quote a long path).

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from . import meta
+from . import kernels, meta
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data.tasks import sample_task
 from .evaluate import evaluate_task
@@ -202,6 +202,7 @@ def meta_train(model, theta, optimizer, splits, config, start_iteration=0, check
     log = open_log(log_path, start_iteration) if log_path else None
     try:
         for iteration in range(start_iteration, config.meta_iters):
+            kernels.adapt_threads()  # the cores other processes leave free (--threads auto)
             new_theta, epsilon = meta_iteration(model, theta, optimizer, splits["train"], config,
                                                 iteration, executor)
             if not np.all(np.isfinite(new_theta)):
