@@ -258,12 +258,12 @@ def _collect(counts, num_tasks, num_classes, protocols, progress):
     """Per-task accuracies, (num_tasks, len(protocols)), from the correct-query counts of
     each protocol, updating ``progress`` with the running mean of each."""
     accuracies = np.empty((num_tasks, len(protocols)))
+    names = (["accuracy"] if len(protocols) == 1 else
+             ["transductive" if protocol else "non-transductive" for protocol in protocols])
     for index, correct in enumerate(counts):
         accuracies[index] = np.asarray(correct) / num_classes
         if progress is not None:
             means = accuracies[:index + 1].mean(axis=0)
-            names = (["accuracy"] if len(protocols) == 1 else
-                     ["transductive" if protocol else "non-transductive" for protocol in protocols])
             progress.update(index + 1, **{name: f"{mean:.3f}" for name, mean in zip(names, means)})
     return accuracies
 

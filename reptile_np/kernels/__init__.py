@@ -16,8 +16,9 @@ Threads: `set_threads` (the command line's ``--threads``). The Numba kernels cut
 work into pieces fixed by the array shapes alone and hand the pieces to Numba's
 threads, with NumPy's OpenBLAS pinned to one thread inside each piece, so their results
 are the same bits for any thread count, and `adapt_threads` (``--threads auto``) may
-change the count between meta-iterations to the cores other processes leave free. The NumPy kernels are serial and give the
-threads to OpenBLAS, whose results may change in the last bits with the count.
+change the count between meta-iterations to the cores other processes leave free. The
+NumPy kernels are serial and give the threads to OpenBLAS, whose results may change in
+the last bits with the count.
 
 The default is ``numba`` when Numba imports, else ``numpy`` with one warning. Any other
 value of ``REPTILE_NP_BACKEND`` does not stop the import (a traceback at ``import`` would
