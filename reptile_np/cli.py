@@ -171,7 +171,13 @@ def add_loop_flags(group, inner_batch, inner_iters, learning_rate, meta_step, me
 
 def _thread_count(text):
     """``--threads``: a positive integer, or "auto"."""
-    return "auto" if text.strip().lower() == "auto" else _positive_int(text)
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return _positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or auto, got {text!r}") \
+            from None
 
 
 def add_threads_flag(parser):

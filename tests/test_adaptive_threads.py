@@ -158,14 +158,16 @@ def test_a_training_that_switches_thread_counts_gives_the_one_thread_bits(numba_
         np.testing.assert_array_equal(state_adaptive[name], state_one[name])
 
 
-def test_threads_flag_takes_auto(numba_kernels):
+def test_threads_flag_takes_auto(numba_kernels, capsys):
     parser = cli.build_parser()
     args = parser.parse_args(["sine", "--threads", "auto"])
     assert args.threads == "auto"
     cli.apply_threads_flag(args.threads)
     assert kernels._backend["adaptive"].most == numba_kernels.config.NUMBA_NUM_THREADS
-    with pytest.raises(SystemExit):
-        parser.parse_args(["sine", "--threads", "some"])
+    for bad in ("some", "0"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["sine", "--threads", bad])
+    assert "expected a positive integer or auto, got 'some'" in capsys.readouterr().err
 
 
 def test_auto_gives_openblas_one_thread_under_the_numpy_kernels(numba_kernels):
