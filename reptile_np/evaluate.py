@@ -90,10 +90,9 @@ def adapt_and_count_protocols(model, theta, optimizer, task, batches, num_classe
                               reduction="sum", weight_decay=1.0):
     """`adapt_and_count` under each of ``protocols`` (``transductive`` flags), from one
     adaptation: a tuple of correct-query counts."""
-    train_x, train_y, query_x, _ = split_eval_task(*task, num_classes)
-    phi = adapt(model, theta, optimizer, train_x, train_y, batches, reduction, weight_decay)
-    return tuple(int(np.sum(predict_queries(model, phi, train_x, query_x, transductive)
-                            == np.arange(num_classes))) for transductive in protocols)
+    _, predictions = _adapt_and_predict_each(model, theta, optimizer, task, batches,
+                                             num_classes, protocols, reduction, weight_decay)
+    return tuple(int(np.sum(labels == np.arange(num_classes))) for labels in predictions)
 
 
 def adapt_and_predict(model, theta, optimizer, task, batches, num_classes, transductive=False,
@@ -108,9 +107,19 @@ def adapt_and_predict(model, theta, optimizer, task, batches, num_classes, trans
     Returns:
         ``(phi, predictions)``: phi of theta's layout, predictions (num_classes,) labels.
     """
+    phi, (predictions,) = _adapt_and_predict_each(model, theta, optimizer, task, batches,
+                                                  num_classes, (transductive,), reduction,
+                                                  weight_decay)
+    return phi, predictions
+
+
+def _adapt_and_predict_each(model, theta, optimizer, task, batches, num_classes, protocols,
+                            reduction, weight_decay):
+    """`adapt_and_predict` under each of ``protocols``: phi, and one prediction array each."""
     train_x, train_y, query_x, _ = split_eval_task(*task, num_classes)
     phi = adapt(model, theta, optimizer, train_x, train_y, batches, reduction, weight_decay)
-    return phi, predict_queries(model, phi, train_x, query_x, transductive)
+    return phi, [predict_queries(model, phi, train_x, query_x, transductive)
+                 for transductive in protocols]
 
 
 def evaluate(model, theta, optimizer, split, num_classes, num_shots, eval_batch, eval_iters,

@@ -197,9 +197,14 @@ def _apply_threads():
         if count is not None:
             threads.set_threads(1)
     elif count is not None:
-        # OpenBLAS's last bits change with its thread count, so it cannot follow the
-        # machine's load: adaptive gives it one thread, and a run its numbers, always.
-        threads.set_threads(1 if _backend["adaptive"] is not None else count)
+        threads.set_threads(_numpy_backend_threads())
+
+
+def _numpy_backend_threads():
+    """OpenBLAS's thread count under the NumPy kernels: `set_threads`' count, or one when
+    adaptive. OpenBLAS's last bits change with its thread count, so it cannot follow the
+    machine's load; one thread keeps a run's numbers whatever the machine does."""
+    return 1 if _backend["adaptive"] is not None else _backend["threads"]
 
 
 def describe_threads():
@@ -207,8 +212,8 @@ def describe_threads():
     count, kernel = _backend["threads"], threads.blas_info()["kernel"]
     if count is None:
         return threads.describe()
-    if _backend["adaptive"] is not None and _backend["name"] != "numba":
-        count = 1   # see _apply_threads
+    if _backend["name"] != "numba":
+        count = _numpy_backend_threads()
     plural = "" if count == 1 else "s"
     if _backend["name"] == "numba":
         if _backend["adaptive"] is not None:
